@@ -1,0 +1,116 @@
+"""Build the :class:`AppState` from parsed flags and choose the checkpoint to start with.
+
+With no checkpoint present, A1111 downloads SD 1.5 unless ``--no-download-sd-model``. We try the same
+download; when it cannot work (offline, or refused) we fall back to the tiny demo model and say so
+visibly (log and a notice at the top of the UI). ``--demo`` goes straight to the demo model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from modules import demo_model
+from modules.devices import choose_policy
+from modules.hashes import HashCache
+from modules.options import Options
+from modules.paths import Paths
+from modules.sd_models import CheckpointInfo, ModelManager
+from modules.state import AppState
+
+logger = logging.getLogger(__name__)
+
+SD15_URL = ("https://huggingface.co/stable-diffusion-v1-5/stable-diffusion-v1-5/resolve/main/"
+            "v1-5-pruned-emaonly.safetensors")
+SD15_FILE = "v1-5-pruned-emaonly.safetensors"
+SD15_SHORTHASH = "6ce0161689"  # the "Model hash" every SD 1.5 infotext carries
+
+
+def build_state(args: argparse.Namespace) -> AppState:
+    """Paths, settings, device policy and the checkpoint list; nothing is loaded yet."""
+    paths = Paths.from_args(args)
+    paths.create_dirs()
+    opts = Options(paths.settings_file, frozen=args.freeze_settings)
+    opts.load()
+    policy = choose_policy(args)
+    hashes = HashCache(paths.cache_file)
+    extra = Path(args.ckpt).expanduser().resolve() if args.ckpt else None
+    models = ModelManager(paths.ckpt_dir, paths.vae_dir, extra, policy, hashes, no_hashing=args.no_hashing)
+    models.cache_limit = int(opts["sd_checkpoints_limit"])
+    models.refresh()
+    logger.info("Device: %s", policy.describe())
+    return AppState(args=args, paths=paths, opts=opts, policy=policy, hashes=hashes, models=models)
+
+
+def choose_startup_checkpoint(state: AppState, download_url: str = SD15_URL) -> CheckpointInfo:
+    """The checkpoint to load at start, making one available when there is none (download, else demo)."""
+    args, models = state.args, state.models
+    if args.demo:
+        return _use_demo(state, "Demo mode (--demo): the tiny random-weight demo model is loaded.")
+    if models.extra_ckpt is not None:
+        for info in models.checkpoints:
+            if info.path == models.extra_ckpt:
+                return info
+        state.notices.append(f"--ckpt {args.ckpt} does not exist; it was ignored.")
+        logger.warning(state.notices[-1])
+    if models.checkpoints:
+        wanted = str(state.opts["sd_model_checkpoint"] or "")
+        if wanted:
+            try:
+                return models.find(wanted)
+            except LookupError:
+                logger.warning("Checkpoint %r from the settings is gone; using the first one found.", wanted)
+        return models.checkpoints[0]
+    if args.no_download_sd_model:
+        return _use_demo(state, "No checkpoint in models/Stable-diffusion and --no-download-sd-model is set: "
+                                "the tiny demo model (random weights) is loaded. Put an SD 1.5 .safetensors there.")
+    try:
+        path = download_checkpoint(download_url, state.paths.ckpt_dir / SD15_FILE, SD15_SHORTHASH)
+    except (OSError, ValueError) as e:
+        return _use_demo(state, f"No checkpoint in models/Stable-diffusion, and SD 1.5 could not be downloaded "
+                                f"({e}). The tiny demo model (random weights) is loaded instead: put an SD 1.5 "
+                                f".safetensors file in {state.paths.ckpt_dir} and press refresh.")
+    models.refresh()
+    return models.find(path.name)
+
+
+def _use_demo(state: AppState, notice: str) -> CheckpointInfo:
+    path = demo_model.ensure_demo_checkpoint(state.paths.ckpt_dir)
+    state.models.refresh()
+    logger.warning(notice)
+    state.notices.append(notice)
+    return state.models.find(path.name)
+
+
+def download_checkpoint(url: str, dest: Path, shorthash: str | None, timeout: float = 20.0) -> Path:
+    """Download ``url`` to ``dest`` through a ``.part`` file, checking the sha256 prefix when given.
+
+    Raises:
+        OSError: network failure (no connection, HTTP error).
+        ValueError: the file's hash is not the expected one (the partial file is removed).
+    """
+    logger.info("Downloading %s to %s", url, dest)
+    part = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(part, "wb") as out:
+            total = int(response.headers.get("Content-Length") or 0)
+            with tqdm(total=total or None, unit="B", unit_scale=True, desc=dest.name) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    out.write(block)
+                    digest.update(block)
+                    bar.update(len(block))
+    except (urllib.error.URLError, OSError):
+        part.unlink(missing_ok=True)
+        raise
+    if shorthash and not digest.hexdigest().startswith(shorthash):
+        part.unlink(missing_ok=True)
+        raise ValueError(f"downloaded file has sha256 {digest.hexdigest()[:10]}, expected {shorthash}")
+    part.replace(dest)
+    return dest

@@ -1,0 +1,222 @@
+"""The one orchestrator of a txt2img job. Read it top to bottom: each numbered step calls one module.
+
+``process(state, params)`` must run on the job queue's worker (``state.queue``): it owns the model while it
+runs. It returns a :class:`Processed` with the images, their infotexts and A1111's ``info`` fields.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from modules import INFOTEXT_VERSION, conditioning, images, infotext, rng, samplers, sampling
+from modules.processing_params import GenerationParams
+from modules.sd_models import LoadedModel
+from modules.state import AppState
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSetup:
+    """What every image of a job shares: the resolved model, sampler, schedule and settings."""
+
+    params: GenerationParams
+    model: LoadedModel
+    sampler: samplers.SamplerInfo
+    schedule: str
+    clip_skip: int
+    ensd: int
+    opts: dict[str, object]
+
+
+@dataclass
+class Processed:
+    """What a job produced. ``images[index_of_first_image:]`` are the samples; a grid may come first."""
+
+    images: list[Image.Image]
+    infotexts: list[str]
+    params: GenerationParams
+    seed: int
+    subseed: int
+    all_seeds: list[int]
+    all_subseeds: list[int]
+    all_prompts: list[str]
+    all_negative_prompts: list[str]
+    sd_model_name: str
+    sd_model_hash: str | None
+    sd_vae_name: str | None
+    sd_vae_hash: str | None
+    clip_skip: int
+    sampler_name: str
+    schedule: str
+    job_timestamp: str
+    index_of_first_image: int = 0
+    comments: list[str] = field(default_factory=list)
+    saved_paths: list[Path] = field(default_factory=list)
+
+    def info(self) -> dict[str, object]:
+        """A1111's ``Processed.js()`` fields (the API's ``info`` JSON)."""
+        p = self.params
+        return {
+            "prompt": p.prompt, "all_prompts": self.all_prompts, "negative_prompt": p.negative_prompt,
+            "all_negative_prompts": self.all_negative_prompts, "seed": self.seed, "all_seeds": self.all_seeds,
+            "subseed": self.subseed, "all_subseeds": self.all_subseeds, "subseed_strength": p.subseed_strength,
+            "width": p.width, "height": p.height, "sampler_name": self.sampler_name, "cfg_scale": p.cfg_scale,
+            "steps": p.steps, "batch_size": p.batch_size, "restore_faces": False, "face_restoration_model": None,
+            "sd_model_name": self.sd_model_name, "sd_model_hash": self.sd_model_hash,
+            "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
+            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+            "extra_generation_params": {"Schedule type": self.schedule},
+            "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
+            "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
+            "is_using_inpainting_conditioning": False, "version": INFOTEXT_VERSION,
+            "comments": "\n".join(self.comments),
+        }
+
+
+def process(state: AppState, params: GenerationParams) -> Processed:
+    """Generate ``params.n_iter`` batches of ``params.batch_size`` images."""
+    params.validate()
+    opts = state.opts.snapshot(params.override_settings)
+
+    # 1. The model this job asks for (a per-job override may name another checkpoint), with its VAE.
+    model = _model_for_job(state, opts)
+    pipe = model.pipe
+    sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
+    setup = JobSetup(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
+                     ensd=int(opts["eta_noise_seed_delta"]) if sampler.ancestral else 0, opts=opts)
+
+    # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
+    seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
+    all_seeds, all_subseeds = rng.seeds_for(seed, subseed, params.subseed_strength, params.image_count)
+    all_prompts = [params.prompt] * params.image_count
+    all_negative = [params.negative_prompt] * params.image_count
+
+    state.job.begin("txt2img", params.n_iter)
+    samples: list[Image.Image] = []
+    texts: list[str] = []
+    saved: list[Path] = []
+    try:
+        for n in range(params.n_iter):
+            if state.job.interrupted:
+                break
+            batch = slice(n * params.batch_size, (n + 1) * params.batch_size)
+            seeds, subseeds = all_seeds[batch], all_subseeds[batch]
+
+            # 3. Text conditioning for the batch.
+            cond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, all_prompts[batch], setup.clip_skip)
+            uncond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, all_negative[batch],
+                                                 setup.clip_skip)
+
+            # 4. Initial noise from per-image generators; the sampler keeps drawing from them.
+            shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+            noise, generators = rng.initial_noise(shape, seeds, subseeds, params.subseed_strength,
+                                                  state.policy.device, str(opts["randn_source"]), setup.ensd)
+
+            # 5. Denoise.
+            scheduler = samplers.create_scheduler(sampler, schedule, pipe.scheduler.config, seeds)
+            guidance = sampling.Guidance(cond=cond, uncond=uncond, cfg_scale=float(params.cfg_scale))
+            with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar:
+                latents = sampling.denoise(pipe.unet, scheduler, noise, guidance, params.steps, generators,
+                                           callback=_step_callback(state, bar))
+
+            # 6. Decode, write the infotext, save.
+            for i, image in enumerate(sampling.decode(pipe.vae, latents)):
+                index = n * params.batch_size + i
+                text = create_infotext(setup, all_prompts[index], all_negative[index], all_seeds[index],
+                                       all_subseeds[index])
+                if params.save_images and opts["samples_save"]:
+                    saved.append(_save(state, opts, image, all_seeds[index], text))
+                samples.append(image)
+                texts.append(text)
+            state.job.next_batch()
+    finally:
+        state.job.end()
+
+    # 7. A grid in front when there is more than one image (A1111's return_grid / grid_save).
+    output, first = list(samples), 0
+    if len(samples) > 1 and (opts["return_grid"] or opts["grid_save"]):
+        grid = images.image_grid(samples)
+        grid_text = texts[0]
+        if opts["grid_save"] and params.save_images:
+            folder = _output_folder(state, opts, "outdir_txt2img_grids")
+            saved.append(images.save_image(grid, folder, seed, grid_text if opts["enable_pnginfo"] else None, grid=True))
+        if opts["return_grid"]:
+            output, first = [grid, *samples], 1
+            texts = [grid_text, *texts]
+
+    return Processed(
+        images=output, infotexts=texts, params=params, seed=seed, subseed=subseed, all_seeds=all_seeds,
+        all_subseeds=all_subseeds, all_prompts=all_prompts, all_negative_prompts=all_negative,
+        sd_model_name=model.info.name_for_extra, sd_model_hash=model.info.shorthash,
+        sd_vae_name=model.vae.path.name if model.vae.path else None,
+        sd_vae_hash=model.vae.sha256[:10] if model.vae.sha256 else None, clip_skip=setup.clip_skip,
+        sampler_name=sampler.name, schedule=schedule, job_timestamp=state.job.job_timestamp,
+        index_of_first_image=first, saved_paths=saved,
+    )
+
+
+def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
+    """Load the checkpoint the job's settings name if it is not the current one, and apply the VAE setting."""
+    wanted = str(opts["sd_model_checkpoint"] or "")
+    current = state.models.current
+    if current is None or (wanted and not current.info.matches(wanted)):
+        if not wanted:
+            raise RuntimeError("no checkpoint is loaded; put a .safetensors file in models/Stable-diffusion")
+        current = state.models.load(state.models.find(wanted))
+    forced = Path(state.args.vae_path) if state.args.vae_path else None
+    state.models.apply_vae(current, str(opts["sd_vae"]), forced)
+    return current
+
+
+def _step_callback(state: AppState, bar: tqdm) -> sampling.StepCallback:
+    def callback(step: int, total: int, latents: torch.Tensor) -> bool:
+        state.job.set_step(step + 1, total)
+        bar.total = total
+        bar.update(1)
+        return state.job.should_stop_batch
+    return callback
+
+
+def create_infotext(setup: JobSetup, prompt: str, negative_prompt: str, seed: int, subseed: int) -> str:
+    """A1111's infotext for one image: prompt, ``Negative prompt:``, then the parameters in A1111's order."""
+    params, model, opts = setup.params, setup.model, setup.opts
+    strength = params.subseed_strength
+    fixed: dict[str, object | None] = {
+        "Steps": params.steps, "Sampler": setup.sampler.name, "Schedule type": setup.schedule,
+        "CFG scale": params.cfg_scale,
+        "Seed": seed, "Size": f"{params.width}x{params.height}",
+        "Model hash": model.info.shorthash if opts["add_model_hash_to_info"] else None,
+        "Model": model.info.name_for_extra if opts["add_model_name_to_info"] else None,
+        "VAE hash": model.vae.sha256[:10] if model.vae.sha256 and opts["add_vae_hash_to_info"] else None,
+        "VAE": model.vae.path.stem if model.vae.path and opts["add_vae_name_to_info"] else None,
+        "Variation seed": subseed if strength else None,
+        "Variation seed strength": strength if strength else None,
+        "Clip skip": setup.clip_skip if setup.clip_skip > 1 else None,
+        "ENSD": setup.ensd or None,
+        "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,
+    }
+    version = INFOTEXT_VERSION if opts["add_version_to_infotext"] else None
+    return infotext.build(prompt, negative_prompt, infotext.ordered_params(fixed, {}, version))
+
+
+def _output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:
+    base = Path(str(opts["outdir_samples"] or opts[key]))
+    if not base.is_absolute():
+        base = state.paths.data_dir / base
+    return images.dated_folder(base, opts["directories_filename_pattern"] == "[date]")
+
+
+def _save(state: AppState, opts: dict[str, object], image: Image.Image, seed: int, text: str) -> Path:
+    folder = _output_folder(state, opts, "outdir_txt2img_samples")
+    start = time.perf_counter()
+    path = images.save_image(image, folder, seed, text if opts["enable_pnginfo"] else None)
+    logger.debug("Saved %s in %.3fs", path, time.perf_counter() - start)
+    return path

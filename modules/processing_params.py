@@ -1,0 +1,90 @@
+"""The parameters of one txt2img job, with A1111's names, validated before anything runs.
+
+Every check raises :class:`ParamsError` naming the field, the bad value and what would be accepted, so the UI
+and the API can show it as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from modules import samplers
+
+MAX_SIDE = 4096  # pixels; beyond this even a 80 GB GPU runs out of memory in the VAE
+MIN_SIDE = 64
+MAX_BATCH_SIZE = 64
+MAX_N_ITER = 1000
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1
+
+
+class ParamsError(ValueError):
+    """A generation parameter is out of range; the message names it and the fix."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """A txt2img request. Field names and defaults are A1111's (UI defaults: DPM++ 2M, 20 steps)."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    steps: int = 20
+    sampler_name: str = "DPM++ 2M"
+    scheduler: str = "Automatic"
+    cfg_scale: float = 7.0
+    width: int = 512
+    height: int = 512
+    seed: int = -1
+    subseed: int = -1
+    subseed_strength: float = 0.0
+    batch_size: int = 1
+    n_iter: int = 1
+    clip_skip: int | None = None  # None: the CLIP_stop_at_last_layers setting
+    save_images: bool = True
+    override_settings: Mapping[str, object] = field(default_factory=dict)
+
+    def validate(self) -> GenerationParams:
+        """Check every field; returns ``self`` so it can be chained.
+
+        Raises:
+            ParamsError: the first problem found.
+        """
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            _check_int(name, value, MIN_SIDE, MAX_SIDE)
+            if value % 8:
+                lower, upper = value // 8 * 8, value // 8 * 8 + 8
+                raise ParamsError(f"{name} must be a multiple of 8 (the latent is 1/8 of the image); "
+                                  f"got {value}, use {lower} or {upper}")
+        _check_int("steps", self.steps, 1, MAX_STEPS)
+        _check_int("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
+        _check_int("n_iter", self.n_iter, 1, MAX_N_ITER)
+        _check_int("seed", self.seed, -1, MAX_SEED)
+        _check_int("subseed", self.subseed, -1, MAX_SEED)
+        if self.clip_skip is not None:
+            _check_int("clip_skip", self.clip_skip, 1, 12)
+        if not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or not 0 <= self.cfg_scale <= 100:
+            raise ParamsError(f"cfg_scale must be a number from 0 to 100; got {self.cfg_scale!r}")
+        if not isinstance(self.subseed_strength, (int, float)) or not 0 <= self.subseed_strength <= 1:
+            raise ParamsError(f"subseed_strength must be from 0 to 1; got {self.subseed_strength!r}")
+        for name in ("prompt", "negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ParamsError(f"{name} must be text; got {type(getattr(self, name)).__name__}")
+        try:
+            samplers.split_sampler_and_schedule(self.sampler_name, self.scheduler)
+        except samplers.SamplerError as e:
+            raise ParamsError(str(e)) from None
+        return self
+
+    @property
+    def image_count(self) -> int:
+        return self.batch_size * self.n_iter
+
+
+def _check_int(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ParamsError(f"{name} must be a whole number; got {value!r}")
+    if not low <= value <= high:
+        raise ParamsError(f"{name} must be from {low} to {high}; got {value}")

@@ -1,0 +1,246 @@
+"""Checkpoints: discovery, A1111 titles and hashes, and the cache of loaded pipelines.
+
+A1111 conventions kept here:
+
+* Files under ``models/Stable-diffusion`` (recursive): ``.safetensors`` and ``.ckpt``; we also accept diffusers
+  pipeline folders (a folder holding ``model_index.json``). ``--ckpt FILE`` adds one more file.
+* ``name`` is the path relative to the checkpoint folder; ``title`` is ``"name [shorthash]"`` where the short
+  hash is the first 10 hex digits of the file's sha256 (what Civitai shows). As in A1111 the hash is computed
+  when the model is first loaded and then cached in ``cache.json``; until then the title has no hash.
+* A checkpoint is found by its title, name, name without extension, short or full sha256, or A1111's legacy
+  8-digit hash, so old infotexts and scripts still resolve.
+* Up to ``sd_checkpoints_limit`` pipelines stay loaded; on CUDA the ones not in use wait in RAM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+
+from modules import model_loading, sd_vae
+from modules.devices import DevicePolicy
+from modules.hashes import HashCache
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIXES = (".safetensors", ".ckpt")
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """A checkpoint on disk (a single file or a diffusers folder)."""
+
+    path: Path
+    name: str  # relative to the checkpoint folder, with extension: "sub/model.safetensors"
+    sha256: str | None = None
+    legacy_hash: str | None = None  # A1111's pre-2023 8-digit hash, still found in old infotexts
+
+    @property
+    def is_folder(self) -> bool:
+        return self.path.is_dir()
+
+    @property
+    def shorthash(self) -> str | None:
+        return self.sha256[:10] if self.sha256 else None
+
+    @property
+    def title(self) -> str:
+        return f"{self.name} [{self.shorthash}]" if self.shorthash else self.name
+
+    @property
+    def model_name(self) -> str:
+        """A1111's ``model_name``: the name without extension, folders joined by ``_``."""
+        return Path(self.name.replace("/", "_").replace("\\", "_")).with_suffix("").name if not self.is_folder \
+            else self.name.replace("/", "_")
+
+    @property
+    def name_for_extra(self) -> str:
+        """The file's stem: the ``Model:`` value in infotexts."""
+        return self.path.stem if not self.is_folder else self.path.name
+
+    def matches(self, query: str) -> bool:
+        """Whether ``query`` names this checkpoint in any of the ways A1111 accepts."""
+        ids = {self.title, self.name, self.model_name, self.name_for_extra, str(Path(self.name).with_suffix(""))}
+        if self.sha256:
+            ids |= {self.sha256, self.shorthash or "", f"{self.name} [{self.shorthash}]"}
+        if self.legacy_hash:
+            ids |= {self.legacy_hash, f"{self.name} [{self.legacy_hash}]"}
+        return query in ids
+
+
+@dataclass
+class LoadedModel:
+    """A pipeline in memory with what it was loaded from and which VAE it carries."""
+
+    info: CheckpointInfo
+    pipe: object  # diffusers StableDiffusionPipeline
+    vae: sd_vae.VaeChoice = field(default_factory=sd_vae.VaeChoice.baked)
+    baked_vae_state: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE, kept once replaced
+
+
+def legacy_model_hash(path: Path) -> str:
+    """A1111's old 8-digit hash: sha256 of 64 KiB read at offset 1 MiB."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]
+
+
+def list_checkpoints(ckpt_dir: Path, extra: Path | None, hashes: HashCache) -> list[CheckpointInfo]:
+    """Every checkpoint under ``ckpt_dir`` (sorted by name) plus ``extra`` (``--ckpt``), with cached hashes."""
+    found: dict[Path, str] = {}
+    if ckpt_dir.is_dir():
+        for path in sorted(ckpt_dir.rglob("*")):
+            if any(part.startswith(".") for part in path.relative_to(ckpt_dir).parts):
+                continue
+            if path.is_file() and path.suffix.lower() in CHECKPOINT_SUFFIXES and not _is_vae_file(path):
+                found[path] = path.relative_to(ckpt_dir).as_posix()
+            elif path.is_dir() and (path / "model_index.json").is_file():
+                found[path] = path.relative_to(ckpt_dir).as_posix()
+    if extra is not None and extra.exists() and extra not in found:
+        found[extra] = extra.name
+    infos = []
+    for path, name in found.items():
+        cached = hashes.cached(path) if path.is_file() else None
+        infos.append(CheckpointInfo(path=path, name=name, sha256=cached))
+    return sorted(infos, key=lambda i: i.name.lower())
+
+
+def _is_vae_file(path: Path) -> bool:
+    return ".vae." in path.name.lower()
+
+
+class CheckpointNotFoundError(LookupError):
+    """No checkpoint matches what was asked for."""
+
+
+class ModelManager:
+    """Owns the checkpoint list and the loaded pipelines. All methods are thread-safe."""
+
+    def __init__(self, ckpt_dir: Path, vae_dir: Path, extra_ckpt: Path | None, policy: DevicePolicy,
+                 hashes: HashCache, no_hashing: bool = False) -> None:
+        self.ckpt_dir = ckpt_dir
+        self.vae_dir = vae_dir
+        self.extra_ckpt = extra_ckpt
+        self.policy = policy
+        self.hashes = hashes
+        self.no_hashing = no_hashing
+        self.cache_limit = 1
+        self._lock = threading.RLock()
+        self._checkpoints: list[CheckpointInfo] = []
+        self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()  # most recently used last
+        self._vaes: list[sd_vae.VaeFile] = []
+
+    # -- discovery -------------------------------------------------------------------------------------------
+    def refresh(self) -> list[CheckpointInfo]:
+        """Re-scan the checkpoint and VAE folders."""
+        infos = list_checkpoints(self.ckpt_dir, self.extra_ckpt, self.hashes)
+        with self._lock:
+            hashed = {m.info.path: m.info for m in self._loaded.values()}
+            self._checkpoints = [hashed.get(i.path, i) for i in infos]
+            self._vaes = sd_vae.list_vaes(self.vae_dir, self.ckpt_dir)
+            return list(self._checkpoints)
+
+    @property
+    def checkpoints(self) -> list[CheckpointInfo]:
+        with self._lock:
+            return list(self._checkpoints)
+
+    @property
+    def vaes(self) -> list[sd_vae.VaeFile]:
+        with self._lock:
+            return list(self._vaes)
+
+    def find(self, query: str) -> CheckpointInfo:
+        """The checkpoint ``query`` names (title, name, hash, ...); a unique substring match as a last resort.
+
+        Raises:
+            CheckpointNotFoundError: listing what exists.
+        """
+        with self._lock:
+            infos = list(self._checkpoints)
+        for info in infos:
+            if info.matches(query):
+                return info
+        partial = [i for i in infos if query and query in i.title]
+        if len(partial) == 1:
+            return partial[0]
+        known = ", ".join(i.title for i in infos) or "none (put .safetensors files in models/Stable-diffusion)"
+        raise CheckpointNotFoundError(f"checkpoint {query!r} not found; available: {known}")
+
+    # -- loading ---------------------------------------------------------------------------------------------
+    @property
+    def current(self) -> LoadedModel | None:
+        """The model in use (the most recently loaded or selected one)."""
+        with self._lock:
+            return next(reversed(self._loaded.values()), None)
+
+    def load(self, info: CheckpointInfo) -> LoadedModel:
+        """Make ``info`` the current model: from the cache if it is there, else from disk."""
+        with self._lock:
+            previous = self.current
+            model = self._loaded.pop(info.path, None)
+            if model is None:
+                model = self._load_from_disk(info)  # may raise; nothing has changed yet
+            self._loaded[info.path] = model
+            if previous is not None and previous is not model:
+                self._park(previous)
+            while len(self._loaded) > max(1, self.cache_limit):
+                _, dropped = self._loaded.popitem(last=False)
+                logger.info("Unloaded checkpoint from cache: %s", dropped.info.title)
+            self._activate(model)
+            return model
+
+    def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
+        start = time.perf_counter()
+        if not self.no_hashing and info.path.is_file():
+            info = replace(info, sha256=self.hashes.sha256(info.path), legacy_hash=legacy_model_hash(info.path))
+            self._checkpoints = [info if i.path == info.path else i for i in self._checkpoints]
+        if info.is_folder:
+            pipe = model_loading.load_diffusers_folder(info.path)
+        else:
+            state_dict = model_loading.read_state_dict(info.path)
+            model_loading.check_sd1(state_dict, info.path.name)
+            config = model_loading.read_sidecar_config(info.path)
+            pipe = model_loading.build_pipeline(state_dict, config, info.path.name)
+            del state_dict
+        logger.info("Loaded checkpoint: title=%s time=%.2fs", info.title, time.perf_counter() - start)
+        return LoadedModel(info=info, pipe=pipe)
+
+    def _activate(self, model: LoadedModel) -> None:
+        """Put the model's components on the working device in the policy's dtypes."""
+        pipe, policy = model.pipe, self.policy
+        for module, dtype in ((pipe.unet, policy.dtype), (pipe.text_encoder, policy.dtype), (pipe.vae, policy.vae_dtype)):
+            if module.dtype != dtype or module.device != policy.device:
+                module.to(device=policy.device, dtype=dtype)
+
+    def _park(self, model: LoadedModel) -> None:
+        """A model that stays cached but is not in use waits in RAM, not VRAM."""
+        if self.policy.is_cuda:
+            model.pipe.to("cpu")
+
+    # -- VAE -------------------------------------------------------------------------------------------------
+    def apply_vae(self, model: LoadedModel, setting: str, forced_path: Path | None = None) -> None:
+        """Give ``model`` the VAE that ``setting`` ("Automatic", "None" or a VAE name) selects."""
+        with self._lock:
+            choice = sd_vae.resolve(setting, model.info.path, self._vaes, forced_path)
+            if choice == model.vae:
+                return
+            vae = model.pipe.vae
+            if model.baked_vae_state is None:
+                model.baked_vae_state = {k: v.detach().to("cpu", copy=True) for k, v in vae.state_dict().items()}
+            if choice.path is None:
+                state = model.baked_vae_state
+            else:
+                state = sd_vae.load_vae_weights(choice.path, dict(vae.config))
+            sd_vae.copy_weights(vae, state)
+            if choice.path is not None and not self.no_hashing:
+                choice = replace(choice, sha256=self.hashes.sha256(choice.path))
+            model.vae = choice
+            logger.info("Using VAE: %s", choice.label)
