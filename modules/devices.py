@@ -68,6 +68,11 @@ def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) 
         dtype = torch.float32 if full else torch.float16
         vae_dtype = torch.float32 if (full or args.no_half_vae) else torch.float16
         mode: MemoryMode = "lowvram" if args.lowvram else "medvram" if args.medvram else "normal"
+        if mode != "normal":
+            logger.warning("--%s is accepted but its offloading is not implemented yet: the whole model stays on "
+                           "the GPU.", mode)
+        if args.xformers or args.force_enable_xformers:
+            logger.warning("--xformers: xformers attention is not wired in yet; PyTorch SDPA attention is used.")
         return DevicePolicy(device, dtype, vae_dtype, mode, upcast_sampling=bool(args.upcast_sampling))
 
     reason = "--use-cpu" if use_cpu else "CUDA is not available"

@@ -187,3 +187,17 @@ def test_unknown_flag_is_a_clear_error(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "webui.py", "--data-dir", str(tmp_path), "--no-such-flag"], cwd=REPO,
                           capture_output=True, text=True, timeout=60, env={**os.environ, "COMMANDLINE_ARGS": ""})
     assert done.returncode == 2 and "unknown command-line argument(s): --no-such-flag" in done.stderr
+
+
+def test_api_auth(tmp_path: Path, tiny_checkpoint: Path) -> None:
+    install_checkpoint(tiny_checkpoint, tmp_path / "data" / "models" / "Stable-diffusion")
+    server = start_server(tmp_path / "data", "--nowebui", "--api-auth", "alice:s3cret:x,bob:pw")
+    try:
+        refused = requests.get(server.api("sd-models"), timeout=30)
+        assert refused.status_code == 401 and refused.json()["detail"] == "Incorrect username or password"
+        assert requests.get(server.api("sd-models"), auth=("alice", "wrong"), timeout=30).status_code == 401
+        assert requests.get(server.api("sd-models"), auth=("alice", "s3cret:x"), timeout=30).status_code == 200
+        reply = requests.post(server.api("txt2img"), json=SMALL, auth=("bob", "pw"), timeout=300)
+        assert reply.status_code == 200
+    finally:
+        stop_server(server)

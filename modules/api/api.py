@@ -19,6 +19,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from PIL import Image
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modules import infotext, processing, samplers
 from modules.api import models
@@ -30,7 +31,7 @@ from modules.state import AppState
 
 logger = logging.getLogger(__name__)
 
-_STATUS: tuple[tuple[type[BaseException], int], ...] = (
+_STATUS: tuple[tuple[type[BaseException], int], ...] = (  # most specific first
     (FrozenSettingsError, 403), (CheckpointNotFoundError, 404), (ModelFileError, 400), (ParamsError, 422),
     (KeyError, 422), (ValueError, 422),
 )
@@ -52,11 +53,16 @@ def install_error_handlers(app: FastAPI) -> None:
                    "errors": jsonable_encoder(exc.errors())}
         return JSONResponse(status_code=422, content=content)
 
+    async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        content = {"error": type(exc).__name__, "detail": exc.detail, "body": "", "errors": str(exc.detail)}
+        return JSONResponse(status_code=exc.status_code, content=content, headers=getattr(exc, "headers", None))
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("API request failed: %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, exc)
 
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
+    app.add_exception_handler(StarletteHTTPException, on_http)  # type: ignore[arg-type]
     for error_type, status in _STATUS:
         app.add_exception_handler(error_type, _handler(status))
     app.add_exception_handler(Exception, on_unexpected)
@@ -98,9 +104,45 @@ def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParam
     return params.validate(), comments
 
 
+def parse_credentials(text: str) -> dict[str, str]:
+    """A1111's ``"user:pass[,user2:pass2]"`` → ``{user: pass}`` (a password may contain ``:``)."""
+    pairs = (item.strip().split(":", 1) for item in text.split(",") if item.strip())
+    credentials = {}
+    for pair in pairs:
+        if len(pair) != 2 or not pair[0]:
+            raise ValueError(f"credentials must look like user:password[,user2:password2]; got {':'.join(pair)!r}")
+        credentials[pair[0]] = pair[1]
+    return credentials
+
+
+def basic_auth(credentials: dict[str, str]):
+    """A FastAPI dependency that requires one of ``credentials`` by HTTP Basic auth (constant-time compare)."""
+    import secrets
+
+    from fastapi import Depends, HTTPException
+    from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+    scheme = HTTPBasic(auto_error=False)
+
+    def check(given: HTTPBasicCredentials | None = Depends(scheme)) -> None:
+        if given is not None:
+            expected = credentials.get(given.username)
+            if expected is not None and secrets.compare_digest(given.password.encode(), expected.encode()):
+                return
+        raise HTTPException(status_code=401, detail="Incorrect username or password",
+                            headers={"WWW-Authenticate": "Basic"})
+
+    return check
+
+
 def create_router(state: AppState) -> APIRouter:
-    """All /sdapi/v1 routes of this issue's scope, bound to ``state``."""
-    router = APIRouter(prefix="/sdapi/v1")
+    """All /sdapi/v1 routes of this issue's scope, bound to ``state`` (behind HTTP Basic with --api-auth)."""
+    from fastapi import Depends
+
+    dependencies = []
+    if state.args.api_auth:
+        dependencies.append(Depends(basic_auth(parse_credentials(state.args.api_auth))))
+    router = APIRouter(prefix="/sdapi/v1", dependencies=dependencies)
 
     async def run_job(fn, *args: Any) -> Any:
         _, future = state.queue.submit(fn, *args)
