@@ -211,10 +211,11 @@ def write_stamp(stamp_file: Path | None, reqs_file: Path, digest: str) -> None:
                     stamp_file, exc)
 
 
-def install_requirements(settings: LaunchSettings, reqs_file: Path) -> bool:
+def install_requirements(settings: LaunchSettings, reqs_file: Path, no_deps: bool = False) -> bool:
     """``pip install -r reqs_file`` unless this exact file content was installed here before.
 
-    The hash covers the file itself, not files it includes with ``-r``.
+    The hash covers the file itself, not files it includes with ``-r``. ``no_deps`` installs with ``--no-deps``
+    (for packages whose declared dependencies would pull another torch, such as k-diffusion's torchvision).
 
     Returns:
         True when pip ran, False when the recorded hash matched and nothing was done.
@@ -228,7 +229,8 @@ def install_requirements(settings: LaunchSettings, reqs_file: Path) -> bool:
     if read_stamps(settings.stamp_file).get(str(reqs_file)) == digest:
         log.info("requirements up to date: %s", reqs_file.name)
         return False
-    run_python_module(settings.python, ["pip", "install", "-r", str(reqs_file)], f"installing {reqs_file.name}")
+    command = ["pip", "install", *(["--no-deps"] if no_deps else []), "-r", str(reqs_file)]
+    run_python_module(settings.python, command, f"installing {reqs_file.name}")
     write_stamp(settings.stamp_file, reqs_file, digest)
     return True
 
@@ -291,6 +293,9 @@ def prepare_environment(args: argparse.Namespace, test: bool = False,
         install_requirements(settings, settings.reqs_file)
         if test:
             install_requirements(settings, settings.test_reqs_file)
+            no_deps_file = settings.test_reqs_file.with_name(settings.test_reqs_file.stem + "-nodeps.txt")
+            if no_deps_file.is_file():
+                install_requirements(settings, no_deps_file, no_deps=True)
         if args.xformers:
             _ensure_xformers(args, settings)
     _check_cuda(args)

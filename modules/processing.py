@@ -91,7 +91,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     pipe = model.pipe
     sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
     setup = JobSetup(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
-                     ensd=int(opts["eta_noise_seed_delta"]) if sampler.ancestral else 0, opts=opts)
+                     ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
@@ -121,10 +121,10 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                                                   state.policy.device, str(opts["randn_source"]), setup.ensd)
 
             # 5. Denoise.
-            scheduler = samplers.create_scheduler(sampler, schedule, pipe.scheduler.config, seeds)
+            run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
             guidance = sampling.Guidance(cond=cond, uncond=uncond, cfg_scale=float(params.cfg_scale))
             with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar:
-                latents = sampling.denoise(pipe.unet, scheduler, noise, guidance, params.steps, generators,
+                latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
                                            callback=_step_callback(state, bar))
 
             # 6. Decode, write the infotext, save.

@@ -6,6 +6,14 @@ configured to follow the same arithmetic where diffusers can express it: the k-d
 from ``sigma_max``), the timestep samplers DDIM and PLMS use A1111's "leading" spacing with offset 1, and each
 sampler's default schedule type is A1111's (Karras for DPM++ 2M, Exponential for the 2M/3M SDE ones, ...).
 
+How close each one comes is measured against k-diffusion itself by ``tests/test_samplers_kdiffusion.py`` and
+tabled in ``docs/samplers.md``. In short: Euler, Euler a, LMS and Heun reproduce A1111 to float round-off
+(Uniform and Karras); DPM++ 2M Karras, DPM++ SDE, the DPM++ 2M SDE samplers, Euler SGM Uniform and DDIM/PLMS at step
+counts dividing 1000 are within 1e-3..4e-3 (integer timesteps, float64 sigmas); DPM++ 2M Uniform and DPM2 (a) are
+approximate (spacing; A1111's ``discard_next_to_last_sigma``); DPM++ 3M SDE differs (that discard, and the sign of
+one term of diffusers' 3rd-order SDE update). :class:`SamplerRun` supplies what the schedulers' configs cannot: A1111's
+starting scale for the variance-preserving DPM-Solver and its per-image Brownian-tree SDE noise.
+
 Not available, because diffusers has no scheduler that computes them:
 
 * ``DPM++ 2S a``: diffusers' single-step DPM-Solver has no ancestral (noise-adding) variant.
@@ -22,6 +30,8 @@ from __future__ import annotations
 import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+import torch
 
 SCHEDULE_FLAGS: dict[str, dict[str, object]] = {
     # label → scheduler config that selects it (beyond the sampler's own settings)
@@ -58,7 +68,9 @@ class SamplerInfo:
     config: Mapping[str, object] = field(default_factory=dict)
     default_schedule: str = "Uniform"
     schedules: tuple[str, ...] = ("Uniform",)
-    ancestral: bool = False
+    uses_ensd: bool = False  # A1111 re-seeds its ancestral noise with "eta noise seed delta"
+    brownian: bool = False  # A1111 draws its SDE noise from a per-image Brownian tree
+    vp_start: bool = False  # a k-diffusion sampler on a diffusers scheduler that works in variance-preserving form
 
     @property
     def options(self) -> dict[str, str]:
@@ -66,8 +78,10 @@ class SamplerInfo:
         opts: dict[str, str] = {}
         if self.default_schedule != "Uniform":
             opts["scheduler"] = self.default_schedule.lower()
-        if self.ancestral:
+        if self.uses_ensd:
             opts["uses_ensd"] = "True"
+        if self.brownian:
+            opts["brownian_noise"] = "True"
         return opts
 
 
@@ -77,23 +91,26 @@ _DPMPP = {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2, "fina
 _DPMPP_SDE = {**_DPMPP, "algorithm_type": "sde-dpmsolver++"}
 
 SAMPLERS: tuple[SamplerInfo, ...] = (
-    SamplerInfo("DPM++ 2M", "DPMSolverMultistepScheduler", ("k_dpmpp_2m",), _DPMPP, "Karras", _K_SCHEDULES),
+    SamplerInfo("DPM++ 2M", "DPMSolverMultistepScheduler", ("k_dpmpp_2m",), _DPMPP, "Karras", _K_SCHEDULES,
+                vp_start=True),
     SamplerInfo("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), _LINSPACE, "Karras", _K_SCHEDULES,
-                ancestral=True),
+                brownian=True),  # diffusers' own Brownian tree, seeded per image through noise_sampler_seed
     SamplerInfo("DPM++ 2M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde",), _DPMPP_SDE, "Exponential",
-                _K_SCHEDULES, ancestral=True),
+                _K_SCHEDULES, brownian=True, vp_start=True),
     SamplerInfo("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde_heun",),
-                {**_DPMPP_SDE, "solver_type": "heun"}, "Exponential", _K_SCHEDULES, ancestral=True),
+                {**_DPMPP_SDE, "solver_type": "heun"}, "Exponential", _K_SCHEDULES, brownian=True, vp_start=True),
+    # k-diffusion's 3M SDE warms up with a "heun"-type 2nd-order step and keeps 3rd order to the end
     SamplerInfo("DPM++ 3M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_3m_sde",),
-                {**_DPMPP_SDE, "solver_order": 3}, "Exponential", _K_SCHEDULES, ancestral=True),
+                {**_DPMPP_SDE, "solver_order": 3, "solver_type": "heun", "lower_order_final": False}, "Exponential",
+                _K_SCHEDULES, brownian=True, vp_start=True),
     SamplerInfo("Euler a", "EulerAncestralDiscreteScheduler", ("k_euler_a", "k_euler_ancestral"), _LINSPACE,
-                "Uniform", ("Uniform", "SGM Uniform"), ancestral=True),
+                "Uniform", ("Uniform", "SGM Uniform"), uses_ensd=True),
     SamplerInfo("Euler", "EulerDiscreteScheduler", ("k_euler",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
     SamplerInfo("LMS", "LMSDiscreteScheduler", ("k_lms",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
     SamplerInfo("Heun", "HeunDiscreteScheduler", ("k_heun",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
     SamplerInfo("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), _LINSPACE, "Karras", _K_SCHEDULES),
     SamplerInfo("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), _LINSPACE, "Karras", _K_SCHEDULES,
-                ancestral=True),
+                uses_ensd=True),
     SamplerInfo("DDIM", "DDIMScheduler", ("ddim",), {"timestep_spacing": "leading", "steps_offset": 1,
                                                       "set_alpha_to_one": False, "clip_sample": False}),
     SamplerInfo("PLMS", "PNDMScheduler", ("plms",), {"timestep_spacing": "leading", "steps_offset": 1,
@@ -177,6 +194,57 @@ def create_scheduler(sampler: SamplerInfo, schedule: str, base_config: Mapping[s
     if seeds is not None:
         wanted["noise_sampler_seed"] = list(seeds)
     return cls(**{k: v for k, v in wanted.items() if k in accepted})
+
+
+@dataclass
+class SamplerRun:
+    """One batch's scheduler with A1111's starting point and noise source.
+
+    * A1111 starts its k-diffusion samplers from ``noise·σmax``. diffusers' Euler-family schedulers do the same;
+      DPMSolverMultistep works in variance-preserving form and starts from ``noise``, which is
+      ``noise·√(1+σmax²)`` in A1111's terms, so ``vp_start`` samplers start from ``noise·σmax/√(1+σmax²)``.
+    * Ancestral noise comes from the per-image generators (A1111 draws it per image, so an image does not
+      depend on its batch); the multistep SDE samplers instead get A1111's per-image Brownian-tree noise.
+    """
+
+    sampler: SamplerInfo
+    scheduler: object
+    generators: list[torch.Generator]
+    seeds: list[int]
+    _tree: object = None
+
+    def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
+        """Unit-variance ``noise`` (B, 4, h, w) scaled to the scheduler's first step (call after set_timesteps)."""
+        noise = noise.to(torch.float32)
+        if self.sampler.vp_start:
+            sigma = self.scheduler.sigmas[0].to(device=noise.device, dtype=torch.float32)
+            return noise * (sigma / torch.sqrt(sigma * sigma + 1.0))
+        return noise * self.scheduler.init_noise_sigma
+
+    def step_kwargs(self, index: int, latents: torch.Tensor) -> dict[str, object]:
+        """Extra arguments of ``scheduler.step`` for step ``index`` (its noise)."""
+        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        if self.sampler.brownian and "variance_noise" in accepted:
+            return {"variance_noise": self._brownian_noise(index, latents)}
+        return {"generator": self.generators} if "generator" in accepted else {}
+
+    def _brownian_noise(self, index: int, latents: torch.Tensor) -> torch.Tensor:
+        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+        sigmas = self.scheduler.sigmas.to(device=latents.device, dtype=torch.float32)
+        if self._tree is None:
+            positive = sigmas[sigmas > 0]
+            self._tree = BrownianTreeNoiseSampler(latents, positive.min(), positive.max(), seed=list(self.seeds))
+        sigma, sigma_next = sigmas[index], sigmas[index + 1]
+        if sigma_next <= 0:  # the last step adds no noise
+            return torch.zeros_like(latents)
+        return self._tree(sigma, sigma_next).to(latents.dtype)
+
+
+def create_run(sampler: SamplerInfo, schedule: str, base_config: Mapping[str, object], seeds: list[int],
+               generators: list[torch.Generator]) -> SamplerRun:
+    """A :class:`SamplerRun` for one batch: a fresh scheduler plus its noise sources."""
+    return SamplerRun(sampler, create_scheduler(sampler, schedule, base_config, seeds), list(generators), list(seeds))
 
 
 def api_samplers() -> list[dict[str, object]]:

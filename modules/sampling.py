@@ -9,13 +9,14 @@ the two give the same latents.
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image
+
+from modules.samplers import SamplerRun
 
 #: Called after every step with ``(step index, total steps, latents)``; returns True to stop early.
 StepCallback = Callable[[int, int, torch.Tensor], bool]
@@ -31,20 +32,20 @@ class Guidance:
 
 
 @torch.no_grad()
-def denoise(unet: torch.nn.Module, scheduler, noise: torch.Tensor, guidance: Guidance, steps: int,
-            generators: list[torch.Generator] | None = None, callback: StepCallback | None = None) -> torch.Tensor:
+def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidance: Guidance, steps: int,
+            callback: StepCallback | None = None) -> torch.Tensor:
     """Run the sampler from unit-variance ``noise`` (B, 4, h, w) and return the final latents in fp32.
 
     Latents stay fp32 between steps (the scheduler's arithmetic), the UNet runs in its own dtype.
     """
+    scheduler = run.scheduler
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps
-    latents = noise.to(torch.float32) * scheduler.init_noise_sigma
-    extra = _step_kwargs(scheduler, generators)
+    latents = run.initial_latents(noise)
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         eps = _guided_prediction(unet, model_input, t, guidance)
-        latents = scheduler.step(eps, t, latents, **extra, return_dict=False)[0]
+        latents = scheduler.step(eps, t, latents, **run.step_kwargs(index, latents), return_dict=False)[0]
         if callback is not None and callback(index, len(timesteps), latents):
             break
     return latents
@@ -64,11 +65,6 @@ def _guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, 
         eps_uncond = unet(x, t, encoder_hidden_states=uncond, return_dict=False)[0].float()
         eps_cond = unet(x, t, encoder_hidden_states=cond, return_dict=False)[0].float()
     return eps_uncond + guidance.cfg_scale * (eps_cond - eps_uncond)
-
-
-def _step_kwargs(scheduler, generators: list[torch.Generator] | None) -> dict[str, object]:
-    accepted = set(inspect.signature(scheduler.step).parameters)
-    return {"generator": generators} if generators is not None and "generator" in accepted else {}
 
 
 @torch.no_grad()

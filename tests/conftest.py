@@ -19,6 +19,10 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+# The tiny test model is ~50x faster on one thread than on two when another process (a webui.py server started by
+# a test, a second pytest) competes for the cores: OpenMP's spinning threads then wait on each other. Set before
+# torch is imported anywhere; subprocesses inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:

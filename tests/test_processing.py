@@ -63,8 +63,8 @@ def test_our_loop_matches_vanilla_diffusers(state) -> None:
     sampler, schedule = samplers.split_sampler_and_schedule("Euler a", None)
     seeds = [7, 8]
     noise, generators = rng.initial_noise((4, 8, 8), seeds, seeds, 0.0, torch.device("cpu"))
-    ours = sampling.denoise(pipe.unet, samplers.create_scheduler(sampler, schedule, pipe.scheduler.config),
-                            noise, sampling.Guidance(cond, uncond, 7.0), 6, generators)
+    run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
+    ours = sampling.denoise(pipe.unet, run, noise, sampling.Guidance(cond, uncond, 7.0), 6)
 
     from diffusers import StableDiffusionPipeline
 
