@@ -97,6 +97,9 @@ def create_app(state):
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     if args.api or args.nowebui:
         app.include_router(api.create_router(state))
+    for part in state.extension_parts:  # A1111 serves these without --api and without --api-auth
+        for router in part.public_routers:
+            app.include_router(router)
     if not args.nowebui:
         import gradio as gr
 

@@ -1,62 +1,160 @@
-"""Prompts → CLIP text embeddings the way A1111 builds them.
+"""Prompts → per-step conditioning with A1111's semantics: schedules, alternation, AND, and a cache.
 
-* The prompt is tokenised without special tokens and cut into chunks of 75 tokens; each chunk becomes
-  ``[BOS] + chunk + [EOS]`` padded with EOS to 77 and is encoded on its own; the chunks' outputs are
-  concatenated, so a long prompt gives ``(77·k, C)`` instead of being truncated at 77 tokens.
-* All prompts of one batch get the same number of chunks (short ones are padded with empty chunks).
-* A1111 "Clip skip" N takes the hidden states N layers from the end and applies the final layer norm
-  (diffusers' ``clip_skip`` counts from 0, so A1111 N = diffusers N-1).
+* Each prompt is expanded into its schedule (``[a:b:N]``, ``[a|b]``) with
+  ``prompt_parser.get_learned_conditioning_prompt_schedules``; all texts of one prompt's schedule are encoded in
+  one batch (so "Original" emphasis normalises them together, as in A1111).
+* Positive prompts are split on ``AND`` into weighted sub-prompts (composable diffusion); the negative prompt is
+  not (A1111 does not split it either).
+* During sampling, ``step`` is the 0-based count of denoiser calls; a schedule entry applies while
+  ``step <= end_at_step``.
+* Encoded schedules are cached by prompt text and everything that changes the encoding (model, its text-encoder
+  revision, clip skip, emphasis, embeddings), so an unchanged prompt is not encoded again in the next job.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Hashable
+from dataclasses import dataclass
+
 import torch
 
-CHUNK_TOKENS = 75  # tokens per chunk, without BOS/EOS
+from modules import prompt_parser
+from modules.prompt_encoder import PromptEncoder
 
 
-def tokenize_chunks(tokenizer, text: str) -> list[list[int]]:
-    """Token ids of ``text`` in chunks of at most 75 (at least one, possibly empty)."""
-    ids: list[int] = tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
-    return [ids[i:i + CHUNK_TOKENS] for i in range(0, len(ids), CHUNK_TOKENS)] or [[]]
+@dataclass(frozen=True)
+class ScheduledCond:
+    """One prompt's conditioning over the steps: ``conds[i]`` (77·k, C) applies while ``step <= ends[i]``."""
+
+    ends: tuple[int, ...]
+    conds: torch.Tensor  # (S, 77·k, C)
+    embeddings: tuple[object, ...] = ()  # textual-inversion embeddings it uses
+
+    def index_at(self, step: int) -> int:
+        """The first entry with ``step <= end``; past the last one A1111 falls back to the *first* entry."""
+        for index, end in enumerate(self.ends):
+            if step <= end:
+                return index
+        return 0
+
+    def at(self, step: int) -> torch.Tensor:
+        return self.conds[self.index_at(step)]
 
 
-def token_count(tokenizer, text: str) -> tuple[int, int]:
-    """A1111's counter: ``(tokens used, tokens available in the chunks used)``, e.g. (12, 75)."""
-    chunks = tokenize_chunks(tokenizer, text)
-    return sum(len(c) for c in chunks), len(chunks) * CHUNK_TOKENS
+class ConditioningCache:
+    """Least-recently-used encoded schedules (a few dozen prompts are plenty: UI users change one at a time)."""
+
+    def __init__(self, size: int = 32) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, ScheduledCond] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get_or_encode(self, key: Hashable, encode) -> ScheduledCond:
+        if key in self._items:
+            self._items.move_to_end(key)
+            self.hits += 1
+            return self._items[key]
+        self.misses += 1
+        value = encode()
+        self._items[key] = value
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
 
 
-@torch.no_grad()
-def encode_prompts(text_encoder: torch.nn.Module, tokenizer, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
-    """Embeddings for a batch of prompts.
+def learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int, cache: ConditioningCache | None,
+                         encoder_key: Hashable = (), use_old_scheduling: bool = False) -> list[ScheduledCond]:
+    """A :class:`ScheduledCond` per prompt (identical prompts share one)."""
+    results: dict[str, ScheduledCond] = {}
+    for prompt in prompts:
+        if prompt in results:
+            continue
 
-    Args:
-        text_encoder: transformers ``CLIPTextModel``.
-        tokenizer: its ``CLIPTokenizer``.
-        prompts: one per image.
-        clip_skip: A1111 "Clip skip" (1 = the last layer).
+        def encode(prompt: str = prompt) -> ScheduledCond:
+            schedule = prompt_parser.get_learned_conditioning_prompt_schedules([prompt], steps, None,
+                                                                               use_old_scheduling)[0]
+            conds, used = encoder.encode([text for _, text in schedule])
+            return ScheduledCond(tuple(int(end) for end, _ in schedule), conds, tuple(used))
 
-    Returns:
-        ``(B, 77·k, C)`` in the text encoder's dtype, on its device.
-    """
-    batch = [tokenize_chunks(tokenizer, p) for p in prompts]
-    count = max(len(chunks) for chunks in batch)
-    device = next(text_encoder.parameters()).device
-    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
-    outputs = []
-    for index in range(count):
-        rows = [chunks[index] if index < len(chunks) else [] for chunks in batch]
-        ids = torch.tensor([[bos] + row + [eos] * (CHUNK_TOKENS + 1 - len(row)) for row in rows], device=device)
-        outputs.append(_encode_chunk(text_encoder, ids, clip_skip))  # (B, 77, C)
-    return torch.cat(outputs, dim=1)
+        key = (prompt, steps, use_old_scheduling, encoder_key)
+        results[prompt] = cache.get_or_encode(key, encode) if cache is not None else encode()
+    return [results[p] for p in prompts]
 
 
-def _encode_chunk(text_encoder: torch.nn.Module, ids: torch.Tensor, clip_skip: int) -> torch.Tensor:
-    if clip_skip <= 1:
-        return text_encoder(input_ids=ids).last_hidden_state
-    out = text_encoder(input_ids=ids, output_hidden_states=True)
-    layers = len(out.hidden_states) - 1
-    hidden = out.hidden_states[-min(clip_skip, layers)]
-    final_norm = getattr(text_encoder, "text_model", text_encoder).final_layer_norm
-    return final_norm(hidden)
+@dataclass(frozen=True)
+class Multicond:
+    """Positive conditioning of a batch: for each image, its ``AND`` parts as (schedule, weight)."""
+
+    rows: tuple[tuple[tuple[ScheduledCond, float], ...], ...]
+
+    def at(self, step: int) -> tuple[torch.Tensor, list[list[tuple[int, float]]]]:
+        """All parts of all images at ``step`` stacked to ``(N, 77·k, C)`` (shorter ones padded by repeating their
+        last vector, as A1111), and for each image its ``(row in that stack, weight)`` pairs."""
+        tensors: list[torch.Tensor] = []
+        conds_list: list[list[tuple[int, float]]] = []
+        for parts in self.rows:
+            conds_list.append([])
+            for schedule, weight in parts:
+                conds_list[-1].append((len(tensors), weight))
+                tensors.append(schedule.at(step))
+        return stack_padded(tensors), conds_list
+
+    @property
+    def embeddings(self) -> list[object]:
+        return _unique(e for parts in self.rows for schedule, _ in parts for e in schedule.embeddings)
+
+
+def multicond_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int,
+                                   cache: ConditioningCache | None, encoder_key: Hashable = (),
+                                   use_old_scheduling: bool = False) -> Multicond:
+    """Split each prompt on ``AND`` (with ``:weight``) and encode the parts' schedules."""
+    res_indexes, flat, _ = prompt_parser.get_multicond_prompt_list(prompts)
+    learned = learned_conditioning(encoder, flat, steps, cache, encoder_key, use_old_scheduling)
+    return Multicond(tuple(tuple((learned[i], float(w)) for i, w in row) for row in res_indexes))
+
+
+def uncond_at(schedules: list[ScheduledCond], step: int) -> torch.Tensor:
+    """The negative prompts' conditioning at ``step``: ``(B, 77·m, C)``."""
+    return stack_padded([s.at(step) for s in schedules])
+
+
+def token_counter(encoder: PromptEncoder, text: str, steps: int, is_positive: bool = True) -> tuple[int, int]:
+    """A1111's ``n/75`` counter: the longest text the prompt produces (after stripping network tags, splitting on
+    ``AND`` for the positive prompt and expanding schedules), and its chunks' capacity."""
+    from modules import extra_networks
+
+    text, _ = extra_networks.parse_prompt(text)
+    flat = prompt_parser.get_multicond_prompt_list([text])[1] if is_positive else [text]
+    schedules = prompt_parser.get_learned_conditioning_prompt_schedules(flat, max(1, steps))
+    count = max(encoder.tokenize_line(part)[1] for schedule in schedules for _, part in schedule)
+    return count, max(1, -(-count // 75)) * 75
+
+
+def embeddings_of(schedules: list[ScheduledCond]) -> list[object]:
+    """Embeddings the schedules use, each once, in order."""
+    return _unique(e for schedule in schedules for e in schedule.embeddings)
+
+
+def schedule_key(multicond: Multicond, uncond: list[ScheduledCond], step: int) -> tuple:
+    """Identifies which schedule entries apply at ``step``: when it does not change, the tensors do not either."""
+    return (tuple(s.index_at(step) for parts in multicond.rows for s, _ in parts),
+            tuple(s.index_at(step) for s in uncond))
+
+
+def stack_padded(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Stack ``(L_i, C)`` tensors to ``(N, max L, C)``, padding by repeating each one's last vector (A1111)."""
+    length = max(t.shape[0] for t in tensors)
+    return torch.stack([t if t.shape[0] == length else torch.cat([t, t[-1:].expand(length - t.shape[0], -1)])
+                        for t in tensors])
+
+
+def _unique(items) -> list[object]:
+    seen: list[object] = []
+    for item in items:
+        if item not in seen:
+            seen.append(item)
+    return seen

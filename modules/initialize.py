@@ -16,13 +16,16 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from modules import demo_model
+from modules import demo_model, extensions
 from modules.devices import choose_policy
 from modules.hashes import HashCache
+from modules.hypernetworks.extra_network import ExtraNetworkHypernet
+from modules.hypernetworks.library import HypernetworkLibrary
 from modules.options import Options
 from modules.paths import Paths
 from modules.sd_models import CheckpointInfo, ModelManager
 from modules.state import AppState
+from modules.textual_inversion.database import EmbeddingDatabase
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,14 @@ def build_state(args: argparse.Namespace) -> AppState:
     models.cache_limit = int(opts["sd_checkpoints_limit"])
     models.refresh()
     logger.info("Device: %s", policy.describe())
-    return AppState(args=args, paths=paths, opts=opts, policy=policy, hashes=hashes, models=models)
+    embeddings = EmbeddingDatabase(paths.embeddings_dir, hashes)
+    state = AppState(args=args, paths=paths, opts=opts, policy=policy, hashes=hashes, models=models,
+                     embeddings=embeddings)
+    hypernetworks = HypernetworkLibrary(paths.hypernetwork_dir, hashes)
+    state.libraries["hypernet"] = hypernetworks
+    state.networks.register(ExtraNetworkHypernet(hypernetworks))
+    state.extension_parts = extensions.register_builtin(state)
+    return state
 
 
 def choose_startup_checkpoint(state: AppState, download_url: str = SD15_URL) -> CheckpointInfo:

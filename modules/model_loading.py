@@ -51,7 +51,8 @@ class _InertCallback:
 
 
 def _pickle_allowlist() -> list[object]:
-    """Inert globals real SD ``.ckpt`` files contain beyond tensors (numpy scalars, Lightning callbacks)."""
+    """Inert globals real ``.ckpt``/``.pt`` files contain beyond tensors (numpy scalars, Lightning callbacks,
+    the ``ParameterDict`` of original textual-inversion files)."""
     from numpy._core import multiarray
 
     allowed: list[object] = [
@@ -61,6 +62,7 @@ def _pickle_allowlist() -> list[object]:
         (_InertCallback, "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint"),
     ]
     allowed += [type(numpy.dtype(t)) for t in ("float64", "float32", "int64", "int32")]
+    allowed.append(torch.nn.ParameterDict)  # the original textual-inversion code pickled one; it only holds tensors
     return allowed
 
 
@@ -87,22 +89,39 @@ def _read_safetensors(path: Path) -> StateDict:
             "download it again, and check that it is not a web page saved under that name.") from e
 
 
-def _read_pickle(path: Path) -> StateDict:
+def read_pickle_object(path: Path, kind: str = "model") -> object:
+    """The whole object in a pickled ``.ckpt``/``.pt``/``.bin``, loaded with ``torch.load(weights_only=True)``.
+
+    Only tensors, plain containers and the inert classes of :func:`_pickle_allowlist` can be built; anything else
+    is refused before it runs.
+
+    Args:
+        path: the file.
+        kind: what the file should be ("model", "embedding"), for the error messages.
+
+    Raises:
+        ModelFileError: unsafe, truncated or corrupt file, with what to do about it.
+    """
     try:
         with torch.serialization.safe_globals(_pickle_allowlist()):
-            loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+            # No mmap: tensors backed by the user's file would change (or fault) if the file is replaced.
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        detail = _first_line(e)
         if "global" in str(e).lower() or "weights_only" in str(e):
             raise ModelFileError(
                 f"Refused to load {path.name}: its pickle asks to run or build something that is not a tensor "
                 f"({detail}). Nothing in it was executed. Pickled .ckpt/.pt files can carry code; get a "
-                ".safetensors version of this model instead.") from e
+                f".safetensors version of this {kind} instead.") from e
         raise ModelFileError(f"{path.name} is corrupt ({detail}); download it again.") from e
     except (EOFError, RuntimeError, OSError, ValueError, zipfile.BadZipFile) as e:
         raise ModelFileError(
             f"{path.name} could not be read ({type(e).__name__}: {e}). It is probably truncated or corrupt: "
             "download it again.") from e
+
+
+def _read_pickle(path: Path) -> StateDict:
+    loaded = read_pickle_object(path)
     while isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict):

@@ -40,9 +40,22 @@ OPTIONS: dict[str, OptionInfo] = {
     "sd_vae_overrides_per_model_preferences": OptionInfo(
         True, "Selected VAE overrides per-model preferences", "sd"),
     "CLIP_stop_at_last_layers": OptionInfo(1, "Clip skip", "sd", minimum=1, maximum=12),
+    "emphasis": OptionInfo("Original", "Emphasis mode", "sd", choices=("Original", "No norm", "Ignore", "None")),
+    "comma_padding_backtrack": OptionInfo(20, "Prompt word wrap length limit (tokens)", "sd", minimum=0, maximum=74),
+    "use_old_scheduling": OptionInfo(False, "Use old prompt editing timelines", "compatibility"),
+    "textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add Textual Inversion hashes to infotext", "sd"),
     "randn_source": OptionInfo("GPU", "Random number generator source", "sd", choices=("GPU", "CPU")),
     "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", "sampler", minimum=0),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (steps, 0 = off)", "ui", minimum=0),
+    # Extra Networks: LoRA (A1111's keys, from its Lora extension)
+    "lora_preferred_name": OptionInfo("Alias from file", "When adding to prompt, refer to Lora by", "extra_networks",
+                                      choices=("Alias from file", "Filename")),
+    "lora_add_hashes_to_infotext": OptionInfo(True, "Add Lora hashes to infotext", "extra_networks"),
+    # A1111's default is 0 (keep nothing beyond the active set). Ours counts parsed files kept on the CPU: 8 covers
+    # switching between a few prompts' sets (typically 1-4 LoRAs each) without re-reading files; an SD1 LoRA is
+    # ~10-150 MB, so 8 costs at most ~1 GB of RAM. 0 keeps nothing (the active networks are held by the patcher).
+    "lora_in_memory_limit": OptionInfo(8, "Number of Lora networks to keep cached in memory", "extra_networks",
+                                       minimum=0),
     # Saving
     "samples_save": OptionInfo(True, "Always save all generated images", "saving"),
     "samples_format": OptionInfo("png", "File format for images", "saving", choices=("png",)),

@@ -15,7 +15,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import INFOTEXT_VERSION, conditioning, images, infotext, rng, samplers, sampling
+from modules import (INFOTEXT_VERSION, conditioning, extra_networks, images, infotext, prompt_encoder, rng, samplers,
+                     sampling)
 from modules.processing_params import GenerationParams
 from modules.sd_models import LoadedModel
 from modules.state import AppState
@@ -103,6 +104,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     samples: list[Image.Image] = []
     texts: list[str] = []
     saved: list[Path] = []
+    comments: list[str] = []
     try:
         for n in range(params.n_iter):
             if state.job.interrupted:
@@ -110,27 +112,30 @@ def process(state: AppState, params: GenerationParams) -> Processed:
             batch = slice(n * params.batch_size, (n + 1) * params.batch_size)
             seeds, subseeds = all_seeds[batch], all_subseeds[batch]
 
-            # 3. Text conditioning for the batch.
-            cond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, all_prompts[batch], setup.clip_skip)
-            uncond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, all_negative[batch],
-                                                 setup.clip_skip)
+            # 3. Extra networks named in the batch's first prompt; CLIP sees the prompts without their tags.
+            prompts, network_data = extra_networks.parse_prompts(all_prompts[batch])
+            ctx = extra_networks.ActivationContext(model=model, opts=opts)
+            with state.networks.activated(ctx, network_data):
+                # 4. Conditioning, after the networks (a LoRA changes the text encoder).
+                guidance, extra = _conditioning(state, setup, prompts, all_negative[batch])
 
-            # 4. Initial noise from per-image generators; the sampler keeps drawing from them.
-            shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
-            noise, generators = rng.initial_noise(shape, seeds, subseeds, params.subseed_strength,
-                                                  state.policy.device, str(opts["randn_source"]), setup.ensd)
+                # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
+                shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+                noise, generators = rng.initial_noise(shape, seeds, subseeds, params.subseed_strength,
+                                                      state.policy.device, str(opts["randn_source"]), setup.ensd)
 
-            # 5. Denoise.
-            run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
-            guidance = sampling.Guidance(cond=cond, uncond=uncond, cfg_scale=float(params.cfg_scale))
-            with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar:
-                latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
-                                           callback=_step_callback(state, bar))
+                # 6. Denoise.
+                run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
+                with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar:
+                    latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
+                                               callback=_step_callback(state, bar))
+            comments.extend(c for c in ctx.comments if c not in comments)
 
-            # 6. Decode, write the infotext, save.
+            # 7. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
+            extra = {**ctx.infotext, **extra}
             for i, image in enumerate(sampling.decode(pipe.vae, latents)):
                 index = n * params.batch_size + i
-                text = create_infotext(setup, all_prompts[index], all_negative[index], all_seeds[index],
+                text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
                                        all_subseeds[index])
                 if params.save_images and opts["samples_save"]:
                     saved.append(_save(state, opts, image, all_seeds[index], text))
@@ -140,7 +145,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     finally:
         state.job.end()
 
-    # 7. A grid in front when there is more than one image (A1111's return_grid / grid_save).
+    # 8. A grid in front when there is more than one image (A1111's return_grid / grid_save).
     output, first = list(samples), 0
     if len(samples) > 1 and (opts["return_grid"] or opts["grid_save"]):
         grid = images.image_grid(samples)
@@ -159,8 +164,32 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         sd_vae_name=model.vae.path.name if model.vae.path else None,
         sd_vae_hash=model.vae.sha256[:10] if model.vae.sha256 else None, clip_skip=setup.clip_skip,
         sampler_name=sampler.name, schedule=schedule, job_timestamp=state.job.job_timestamp,
-        index_of_first_image=first, saved_paths=saved,
+        index_of_first_image=first, comments=comments, saved_paths=saved,
     )
+
+
+def _conditioning(state: AppState, setup: JobSetup, prompts: list[str],
+                  negatives: list[str]) -> tuple[sampling.Guidance, dict[str, object]]:
+    """Encode the batch's prompts (cached), and the infotext fields this produces (TI hashes, Emphasis)."""
+    model, opts = setup.model, setup.opts
+    pipe = model.pipe
+    if state.embeddings is not None and state.embeddings.refresh(pipe.text_encoder.config.hidden_size):
+        model.cond_cache.clear()  # the embeddings changed: cached encodings may be stale
+    options = prompt_encoder.EncoderOptions(clip_skip=setup.clip_skip, emphasis=str(opts["emphasis"]),
+                                            comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
+    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, state.embeddings, options)
+    steps = setup.params.steps * (2 if setup.sampler.second_order else 1)  # A1111 counts denoiser calls
+    key = (options, model.text_encoder_state)
+    old = bool(opts["use_old_scheduling"])
+    multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, model.cond_cache, key, old)
+    uncond = conditioning.learned_conditioning(encoder, negatives, steps, model.cond_cache, key, old)
+    extra: dict[str, object] = {}
+    used = multicond.embeddings + conditioning.embeddings_of(uncond)  # A1111: positive ones, then negative ones
+    if used and opts["textual_inversion_add_hashes_to_infotext"]:
+        extra["TI hashes"] = ", ".join(f"{e.name.replace(':', '').replace(',', '')}: {e.shorthash}" for e in used)
+    if options.emphasis != "Original" and any("(" in t or "[" in t for t in prompts + negatives):
+        extra["Emphasis"] = options.emphasis
+    return sampling.Guidance(multicond, uncond, float(setup.params.cfg_scale)), extra
 
 
 def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
@@ -185,7 +214,8 @@ def _step_callback(state: AppState, bar: tqdm) -> sampling.StepCallback:
     return callback
 
 
-def create_infotext(setup: JobSetup, prompt: str, negative_prompt: str, seed: int, subseed: int) -> str:
+def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, negative_prompt: str, seed: int,
+                    subseed: int) -> str:
     """A1111's infotext for one image: prompt, ``Negative prompt:``, then the parameters in A1111's order."""
     params, model, opts = setup.params, setup.model, setup.opts
     strength = params.subseed_strength
@@ -204,7 +234,7 @@ def create_infotext(setup: JobSetup, prompt: str, negative_prompt: str, seed: in
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,
     }
     version = INFOTEXT_VERSION if opts["add_version_to_infotext"] else None
-    return infotext.build(prompt, negative_prompt, infotext.ordered_params(fixed, {}, version))
+    return infotext.build(prompt, negative_prompt, infotext.ordered_params(fixed, extra, version))
 
 
 def _output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:

@@ -71,6 +71,7 @@ class SamplerInfo:
     uses_ensd: bool = False  # A1111 re-seeds its ancestral noise with "eta noise seed delta"
     brownian: bool = False  # A1111 draws its SDE noise from a per-image Brownian tree
     vp_start: bool = False  # a k-diffusion sampler on a diffusers scheduler that works in variance-preserving form
+    second_order: bool = False  # two denoiser calls per step: A1111 counts prompt-editing steps twice
 
     @property
     def options(self) -> dict[str, str]:
@@ -82,6 +83,8 @@ class SamplerInfo:
             opts["uses_ensd"] = "True"
         if self.brownian:
             opts["brownian_noise"] = "True"
+        if self.second_order:
+            opts["second_order"] = "True"
         return opts
 
 
@@ -94,7 +97,7 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM++ 2M", "DPMSolverMultistepScheduler", ("k_dpmpp_2m",), _DPMPP, "Karras", _K_SCHEDULES,
                 vp_start=True),
     SamplerInfo("DPM++ SDE", "DPMSolverSDEScheduler", ("k_dpmpp_sde",), _LINSPACE, "Karras", _K_SCHEDULES,
-                brownian=True),  # diffusers' own Brownian tree, seeded per image through noise_sampler_seed
+                brownian=True, second_order=True),  # diffusers' own Brownian tree, seeded per image through noise_sampler_seed
     SamplerInfo("DPM++ 2M SDE", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde",), _DPMPP_SDE, "Exponential",
                 _K_SCHEDULES, brownian=True, vp_start=True),
     SamplerInfo("DPM++ 2M SDE Heun", "DPMSolverMultistepScheduler", ("k_dpmpp_2m_sde_heun",),
@@ -107,10 +110,11 @@ SAMPLERS: tuple[SamplerInfo, ...] = (
                 "Uniform", ("Uniform", "SGM Uniform"), uses_ensd=True),
     SamplerInfo("Euler", "EulerDiscreteScheduler", ("k_euler",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
     SamplerInfo("LMS", "LMSDiscreteScheduler", ("k_lms",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
-    SamplerInfo("Heun", "HeunDiscreteScheduler", ("k_heun",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",)),
-    SamplerInfo("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), _LINSPACE, "Karras", _K_SCHEDULES),
+    SamplerInfo("Heun", "HeunDiscreteScheduler", ("k_heun",), _LINSPACE, "Uniform", _K_SCHEDULES + ("SGM Uniform",),
+                second_order=True),
+    SamplerInfo("DPM2", "KDPM2DiscreteScheduler", ("k_dpm_2",), _LINSPACE, "Karras", _K_SCHEDULES, second_order=True),
     SamplerInfo("DPM2 a", "KDPM2AncestralDiscreteScheduler", ("k_dpm_2_a",), _LINSPACE, "Karras", _K_SCHEDULES,
-                uses_ensd=True),
+                uses_ensd=True, second_order=True),
     SamplerInfo("DDIM", "DDIMScheduler", ("ddim",), {"timestep_spacing": "leading", "steps_offset": 1,
                                                       "set_alpha_to_one": False, "clip_sample": False}),
     SamplerInfo("PLMS", "PNDMScheduler", ("plms",), {"timestep_spacing": "leading", "steps_offset": 1,

@@ -16,19 +16,60 @@ import numpy as np
 import torch
 from PIL import Image
 
+from modules import conditioning
 from modules.samplers import SamplerRun
 
 #: Called after every step with ``(step index, total steps, latents)``; returns True to stop early.
 StepCallback = Callable[[int, int, torch.Tensor], bool]
 
 
-@dataclass(frozen=True, slots=True)
-class Guidance:
-    """What the UNet is conditioned on. Shapes: ``cond (B, 77·k, C)``, ``uncond (B, 77·m, C)``."""
+@dataclass(frozen=True)
+class StepConds:
+    """The tensors one denoiser call needs, in the UNet's dtype: built once per schedule change, not per step."""
 
-    cond: torch.Tensor
-    uncond: torch.Tensor
+    cond: torch.Tensor  # (N, 77·k, C): every AND part of every image
+    conds_list: list[list[tuple[int, float]]]  # per image: (row in cond, weight)
+    uncond: torch.Tensor  # (B, 77·m, C)
+    repeats: torch.Tensor  # (B,) AND parts per image
+    both: torch.Tensor | None  # cat([uncond, cond]) when they have the same length (one UNet call)
+    plain: bool  # one part of weight 1 per image
+
+
+@dataclass
+class Guidance:
+    """What the UNet is conditioned on, step by step.
+
+    ``multicond`` holds each image's ``AND`` parts with their weights, ``uncond`` each image's negative prompt;
+    both may change at a given step (prompt editing, alternation). The stacked tensors are rebuilt only when
+    the schedule entries in use change.
+    """
+
+    multicond: conditioning.Multicond
+    uncond: list[conditioning.ScheduledCond]
     cfg_scale: float
+    _key: tuple | None = None
+    _conds: StepConds | None = None
+
+    @classmethod
+    def fixed(cls, cond: torch.Tensor, uncond: torch.Tensor, cfg_scale: float) -> Guidance:
+        """Guidance from plain ``(B, L, C)`` / ``(B, M, C)`` tensors that do not change during sampling."""
+        never = (1 << 62,)
+        rows = tuple(((conditioning.ScheduledCond(never, c.unsqueeze(0)), 1.0),) for c in cond)
+        negatives = [conditioning.ScheduledCond(never, u.unsqueeze(0)) for u in uncond]
+        return cls(conditioning.Multicond(rows), negatives, cfg_scale)
+
+    def at(self, step: int, dtype: torch.dtype) -> StepConds:
+        """The conditioning at denoiser call ``step`` (0-based)."""
+        key = (conditioning.schedule_key(self.multicond, self.uncond, step), dtype)
+        if key != self._key or self._conds is None:
+            cond, conds_list = self.multicond.at(step)
+            cond = cond.to(dtype)
+            uncond = conditioning.uncond_at(self.uncond, step).to(dtype)
+            repeats = torch.tensor([len(parts) for parts in conds_list], device=cond.device)
+            both = torch.cat([uncond, cond]) if cond.shape[1] == uncond.shape[1] else None
+            plain = all(len(parts) == 1 and parts[0][1] == 1.0 for parts in conds_list)
+            self._key, self._conds = key, StepConds(cond, conds_list, uncond, repeats, both, plain)
+        return self._conds
 
 
 @torch.no_grad()
@@ -42,29 +83,39 @@ def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidanc
     scheduler.set_timesteps(steps, device=noise.device)
     timesteps = scheduler.timesteps
     latents = run.initial_latents(noise)
+    dtype = next(unet.parameters()).dtype  # not unet.dtype: diffusers walks every submodule for that
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
-        eps = _guided_prediction(unet, model_input, t, guidance)
+        eps = _guided_prediction(unet, model_input.to(dtype), t, guidance.at(index, dtype), guidance.cfg_scale)
         latents = scheduler.step(eps, t, latents, **run.step_kwargs(index, latents), return_dict=False)[0]
         if callback is not None and callback(index, len(timesteps), latents):
             break
     return latents
 
 
-def _guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, guidance: Guidance) -> torch.Tensor:
-    """``uncond + scale·(cond − uncond)``; one batched UNet call when both have the same length."""
-    dtype = unet.dtype
-    cond, uncond = guidance.cond.to(dtype), guidance.uncond.to(dtype)
-    x = x.to(dtype)
-    if guidance.cfg_scale == 1.0:  # the uncond term cancels out: skip its UNet pass
-        return unet(x, t, encoder_hidden_states=cond, return_dict=False)[0].float()
-    if cond.shape[1] == uncond.shape[1]:
-        both = unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([uncond, cond]), return_dict=False)[0]
-        eps_uncond, eps_cond = both.float().chunk(2)
+def _guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, conds: StepConds,
+                       scale: float) -> torch.Tensor:
+    """A1111's CFG with composable ``AND``: ``uncond + Σ_k w_k·scale·(cond_k − uncond)`` per image, in fp32.
+
+    Every ``AND`` part is its own batch entry; cond and uncond share one UNet call when their token lengths
+    match, and run as two calls when they do not (A1111 does not pad them).
+    """
+    x_cond = x if conds.cond.shape[0] == x.shape[0] else torch.repeat_interleave(x, conds.repeats, dim=0)
+    if scale == 1.0 and conds.plain:  # the uncond term cancels out: skip its UNet pass
+        return unet(x_cond, t, encoder_hidden_states=conds.cond, return_dict=False)[0].float()
+    if conds.both is not None:
+        out = unet(torch.cat([x, x_cond]), t, encoder_hidden_states=conds.both, return_dict=False)[0].float()
+        eps_uncond, eps_cond = out[: x.shape[0]], out[x.shape[0]:]
     else:
-        eps_uncond = unet(x, t, encoder_hidden_states=uncond, return_dict=False)[0].float()
-        eps_cond = unet(x, t, encoder_hidden_states=cond, return_dict=False)[0].float()
-    return eps_uncond + guidance.cfg_scale * (eps_cond - eps_uncond)
+        eps_uncond = unet(x, t, encoder_hidden_states=conds.uncond, return_dict=False)[0].float()
+        eps_cond = unet(x_cond, t, encoder_hidden_states=conds.cond, return_dict=False)[0].float()
+    if conds.plain:
+        return eps_uncond + scale * (eps_cond - eps_uncond)
+    result = eps_uncond.clone()
+    for image, parts in enumerate(conds.conds_list):
+        for row, weight in parts:
+            result[image] += (eps_cond[row] - eps_uncond[image]) * (weight * scale)
+    return result
 
 
 @torch.no_grad()
@@ -74,8 +125,9 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor) -> list[Image.Image]:
     Pixel values are truncated to uint8 the way A1111 does (``astype(uint8)`` of ``255·x``), so images match.
     """
     images = []
+    dtype = next(vae.parameters()).dtype
     for latent in latents:
-        sample = vae.decode(latent.unsqueeze(0).to(vae.dtype) / vae.config.scaling_factor, return_dict=False)[0]
+        sample = vae.decode(latent.unsqueeze(0).to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
         pixels = ((sample[0].float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (3, H, W) in [0, 1]
         array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
         images.append(Image.fromarray(array))

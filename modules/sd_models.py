@@ -25,8 +25,10 @@ from pathlib import Path
 import torch
 
 from modules import model_loading, sd_vae
+from modules.conditioning import ConditioningCache
 from modules.devices import DevicePolicy
 from modules.hashes import HashCache
+from modules.patching import WeightPatcher
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +85,15 @@ class LoadedModel:
     pipe: object  # diffusers StableDiffusionPipeline
     vae: sd_vae.VaeChoice = field(default_factory=sd_vae.VaeChoice.baked)
     baked_vae_state: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE, kept once replaced
+    patchers: dict[str, WeightPatcher] = field(default_factory=dict)  # "unet", "text_encoder"
+    cond_cache: ConditioningCache = field(default_factory=ConditioningCache)
+    extras: dict[str, object] = field(default_factory=dict)  # per-model data of extensions (e.g. LoRA key maps)
+
+    @property
+    def text_encoder_state(self) -> object:
+        """What is patched into the text encoder now (cached conditioning is keyed on it)."""
+        patcher = self.patchers.get("text_encoder")
+        return patcher.state_key if patcher is not None else ()
 
 
 def legacy_model_hash(path: Path) -> str:
@@ -211,7 +222,9 @@ class ModelManager:
             pipe = model_loading.build_pipeline(state_dict, config, info.path.name)
             del state_dict
         logger.info("Loaded checkpoint: title=%s time=%.2fs", info.title, time.perf_counter() - start)
-        return LoadedModel(info=info, pipe=pipe)
+        backups = "cpu" if self.policy.memory_mode != "normal" else None  # low-memory modes keep backups off the GPU
+        patchers = {"unet": WeightPatcher(pipe.unet, backups), "text_encoder": WeightPatcher(pipe.text_encoder, backups)}
+        return LoadedModel(info=info, pipe=pipe, patchers=patchers)
 
     def _activate(self, model: LoadedModel) -> None:
         """Put the model's components on the working device in the policy's dtypes."""

@@ -13,10 +13,13 @@ from dataclasses import dataclass, field
 
 from modules.call_queue import CallQueue
 from modules.devices import DevicePolicy
+from modules.extensions import ExtensionParts
+from modules.extra_networks import ExtraNetworkRegistry
 from modules.hashes import HashCache
 from modules.options import Options
 from modules.paths import Paths
 from modules.sd_models import ModelManager
+from modules.textual_inversion.database import EmbeddingDatabase
 
 
 @dataclass
@@ -102,6 +105,10 @@ class AppState:
     policy: DevicePolicy
     hashes: HashCache
     models: ModelManager
+    embeddings: EmbeddingDatabase | None = None
+    networks: ExtraNetworkRegistry = field(default_factory=ExtraNetworkRegistry)
+    libraries: dict[str, object] = field(default_factory=dict)  # network libraries by type ("lora", "hypernet")
+    extension_parts: list[ExtensionParts] = field(default_factory=list)
     queue: CallQueue = field(default_factory=CallQueue)
     job: JobState = field(default_factory=JobState)
     notices: list[str] = field(default_factory=list)  # shown at the top of the UI (e.g. "demo model in use")

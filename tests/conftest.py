@@ -96,6 +96,13 @@ def make_state(tmp_path: Path, tiny_checkpoint: Path) -> Iterator[Callable[..., 
         state.queue.shutdown()
 
 
+def load_lora_package():
+    """The built-in LoRA extension package (its folder name cannot be imported by name)."""
+    from modules.extensions import BUILTIN_DIR, load_package
+
+    return load_package(BUILTIN_DIR / "Lora")
+
+
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
     with socket.socket() as s:

@@ -133,6 +133,22 @@ def test_unusable_checkpoint_switch_is_refused_cleanly(api_server: Server) -> No
     assert requests.post(api_server.api("txt2img"), json=SMALL, timeout=300).status_code == 200
 
 
+def test_embeddings_routes(api_server: Server) -> None:
+    import torch
+
+    folder = api_server.data / "embeddings"
+    folder.mkdir(exist_ok=True)
+    torch.save({"string_to_param": {"*": torch.randn(2, 32)}, "step": 12}, folder / "fresh.pt")
+    torch.save({"string_to_param": {"*": torch.randn(1, 1024)}}, folder / "sd2only.pt")
+    assert requests.post(api_server.api("refresh-embeddings"), timeout=60).status_code == 200
+    body = requests.get(api_server.api("embeddings"), timeout=60).json()
+    assert body["loaded"]["fresh"] == {"step": 12, "sd_checkpoint": None, "sd_checkpoint_name": None,
+                                       "shape": 32, "vectors": 2}
+    assert body["skipped"]["sd2only"]["shape"] == 1024
+    reply = requests.post(api_server.api("txt2img"), json={**SMALL, "prompt": "a fresh cat"}, timeout=300)
+    assert "TI hashes" in infotext.read_from_image(decode(reply.json()["images"][0]))
+
+
 def test_progress_and_interrupt(api_server: Server) -> None:
     result: dict = {}
     job = threading.Thread(target=lambda: result.update(reply=requests.post(

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from modules import conditioning, infotext, rng, samplers, sampling
+from modules import infotext, prompt_encoder, rng, samplers, sampling
 from modules.processing import process
 from modules.processing_params import GenerationParams, ParamsError
 from modules.sd_models import CheckpointNotFoundError
 
 BASE = dict(prompt="a red circle on a blue background", negative_prompt="blurry", steps=4, width=64, height=64,
             seed=1234, save_images=False)
+
+
+def encode(pipe, prompts: list[str], clip_skip: int = 1) -> torch.Tensor:
+    options = prompt_encoder.EncoderOptions(clip_skip=clip_skip)
+    return prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, None, options).encode(prompts)[0]
 
 
 def pixels(image: Image.Image) -> np.ndarray:
@@ -58,13 +62,13 @@ def test_n_iter_continues_the_seeds(state) -> None:
 def test_our_loop_matches_vanilla_diffusers(state) -> None:
     """Same embeddings, scheduler and per-image generators: our loop and StableDiffusionPipeline agree."""
     pipe = state.models.current.pipe
-    cond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, [BASE["prompt"]] * 2)
-    uncond = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, [BASE["negative_prompt"]] * 2)
+    cond = encode(pipe, [BASE["prompt"]] * 2)
+    uncond = encode(pipe, [BASE["negative_prompt"]] * 2)
     sampler, schedule = samplers.split_sampler_and_schedule("Euler a", None)
     seeds = [7, 8]
     noise, generators = rng.initial_noise((4, 8, 8), seeds, seeds, 0.0, torch.device("cpu"))
     run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
-    ours = sampling.denoise(pipe.unet, run, noise, sampling.Guidance(cond, uncond, 7.0), 6)
+    ours = sampling.denoise(pipe.unet, run, noise, sampling.Guidance.fixed(cond, uncond, 7.0), 6)
 
     from diffusers import StableDiffusionPipeline
 
@@ -79,7 +83,7 @@ def test_our_loop_matches_vanilla_diffusers(state) -> None:
 
 def test_short_prompt_embeddings_match_diffusers_and_clip_skip_is_a1111_minus_one(state) -> None:
     pipe = state.models.current.pipe
-    ours = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, [BASE["prompt"]], 1)
+    ours = encode(pipe, [BASE["prompt"]], 1)
     theirs, _ = pipe.encode_prompt(BASE["prompt"], "cpu", 1, False)
     assert torch.allclose(ours, theirs, atol=1e-6)
     # diffusers' own clip_skip path reads ``text_encoder.text_model``, which transformers >= 5.6 removed, so the
@@ -88,7 +92,7 @@ def test_short_prompt_embeddings_match_diffusers_and_clip_skip_is_a1111_minus_on
     hidden = pipe.text_encoder(ids, output_hidden_states=True).hidden_states
     for a1111_skip in (2, 3):
         reference = pipe.text_encoder.final_layer_norm(hidden[-((a1111_skip - 1) + 1)])
-        ours = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, [BASE["prompt"]], a1111_skip)
+        ours = encode(pipe, [BASE["prompt"]], a1111_skip)
         assert torch.allclose(ours, reference, atol=1e-6), a1111_skip
         assert not torch.allclose(ours, theirs, atol=1e-3)
 
@@ -96,9 +100,10 @@ def test_short_prompt_embeddings_match_diffusers_and_clip_skip_is_a1111_minus_on
 def test_long_prompt_is_encoded_in_75_token_chunks_not_truncated(state) -> None:
     pipe = state.models.current.pipe
     long_prompt = ", ".join(f"word{i}" for i in range(60))  # well over 75 tokens
-    used, available = conditioning.token_count(pipe.tokenizer, long_prompt)
+    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer)
+    used, available = encoder.token_count(long_prompt)
     assert used > 75 and available == 75 * ((used + 74) // 75)
-    embeds = conditioning.encode_prompts(pipe.text_encoder, pipe.tokenizer, [long_prompt, "short"])
+    embeds = encoder.encode([long_prompt, "short"])[0]
     assert embeds.shape == (2, 77 * (available // 75), pipe.text_encoder.config.hidden_size)
     # cond (k chunks) and uncond (1 chunk) of different lengths still generate (two UNet passes, as A1111)
     result = process(state, GenerationParams(**{**BASE, "prompt": long_prompt}))

@@ -93,7 +93,7 @@ def run_ours(env: Env, name: str, schedule: str, steps: int = STEPS):
     sampler, label = samplers.split_sampler_and_schedule(name, schedule)
     noise, generators = rng.initial_noise(SHAPE, SEEDS, SEEDS, 0.0, torch.device("cpu"))
     run = samplers.create_run(sampler, label, env.base, SEEDS, generators)
-    guidance = sampling.Guidance(env.cond, env.uncond, CFG_SCALE)
+    guidance = sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE)
     return sampling.denoise(env.unet, run, noise, guidance, steps), run.scheduler
 
 

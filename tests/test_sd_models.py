@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import install_checkpoint
 from modules import demo_model, sd_vae

@@ -217,6 +217,24 @@ def create_router(state: AppState) -> APIRouter:
     def refresh_vae() -> None:
         state.models.refresh()
 
+    def refresh_embeddings(force: bool) -> None:
+        model = state.models.current
+        if state.embeddings is not None and model is not None:
+            state.embeddings.refresh(model.pipe.text_encoder.config.hidden_size, force=force)
+
+    @router.get("/embeddings")
+    async def embeddings() -> dict[str, Any]:
+        await run_job(refresh_embeddings, False)  # on the worker: a job may be reading the embeddings
+        return state.embeddings.api_payload() if state.embeddings is not None else {"loaded": {}, "skipped": {}}
+
+    @router.post("/refresh-embeddings")
+    async def refresh_embeddings_route() -> None:
+        await run_job(refresh_embeddings, True)
+
+    @router.get("/hypernetworks")
+    def hypernetworks() -> list[dict[str, Any]]:
+        return state.libraries["hypernet"].api_list()
+
     @router.get("/samplers", response_model=list[models.SamplerItem])
     def get_samplers() -> list[dict[str, object]]:
         return samplers.api_samplers()

@@ -10,7 +10,7 @@ import logging
 
 import gradio as gr
 
-from modules import conditioning, processing, samplers
+from modules import conditioning, processing, prompt_encoder, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 
@@ -102,8 +102,10 @@ def create_ui(state: AppState) -> gr.Blocks:
         swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
         random_seed.click(lambda: -1, outputs=seed, queue=False)
         reuse_seed.click(lambda seeds: seeds[0] if seeds else -1, inputs=seeds_state, outputs=seed, queue=False)
-        prompt.change(lambda text: _count(state, text), inputs=prompt, outputs=prompt_count, queue=False)
-        negative.change(lambda text: _count(state, text), inputs=negative, outputs=negative_count, queue=False)
+        prompt.change(lambda text, n: _count(state, text, n, True), inputs=[prompt, steps], outputs=prompt_count,
+                      queue=False)
+        negative.change(lambda text, n: _count(state, text, n, False), inputs=[negative, steps],
+                        outputs=negative_count, queue=False)
 
         def switch_checkpoint(title: str):
             try:
@@ -149,9 +151,13 @@ def _vae_choices(state: AppState) -> list[str]:
     return VAE_CHOICES_FIXED + [v.name for v in state.models.vaes]
 
 
-def _count(state: AppState, text: str) -> str:
+def _count(state: AppState, text: str, steps: float, is_positive: bool) -> str:
     model = state.models.current
     if model is None:
         return ""
-    used, available = conditioning.token_count(model.pipe.tokenizer, text)
+    pipe = model.pipe
+    options = prompt_encoder.EncoderOptions(emphasis=str(state.opts["emphasis"]),
+                                            comma_padding_backtrack=int(state.opts["comma_padding_backtrack"]))
+    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, state.embeddings, options)
+    used, available = conditioning.token_counter(encoder, text, int(steps), is_positive)
     return f"{used}/{available}"

@@ -1,0 +1,158 @@
+"""WeightPatcher invariants on the tiny UNet: exact restore, no work for an unchanged set, pristine after errors."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from modules import demo_model
+from modules.patching import WantedNetwork, WeightPatcher
+
+
+class Additive:
+    """ΔW = a fixed tensor (a LoRA-like delta)."""
+
+    def __init__(self, delta: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+        self.delta, self.bias = delta, bias
+
+    def calc(self, weight, bias):
+        return self.delta, self.bias
+
+
+class Scaling:
+    """ΔW = W·s (an IA3-like delta that depends on the current weight)."""
+
+    def __init__(self, s: float) -> None:
+        self.s = s
+
+    def calc(self, weight, bias):
+        return weight * self.s, None
+
+
+class Exploding:
+    def calc(self, weight, bias):
+        raise RuntimeError("bad tensor")
+
+
+@pytest.fixture(scope="module")
+def unet():
+    return demo_model.build_components()[0]
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def identical(module: torch.nn.Module, reference: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(v, reference[k]) for k, v in module.state_dict().items())
+
+
+def linear_paths(unet) -> list[str]:
+    return [n for n, m in unet.named_modules() if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def random_network(unet, key: str, seed: int, paths: list[str]) -> dict[str, Additive]:
+    g = torch.Generator().manual_seed(seed)
+    return {p: Additive(torch.randn(unet.get_submodule(p).weight.shape, generator=g) * 0.01,
+                        None if unet.get_submodule(p).bias is None else torch.randn(
+                            unet.get_submodule(p).bias.shape, generator=g) * 0.01) for p in paths}
+
+
+def run(unet) -> torch.Tensor:
+    torch.manual_seed(0)
+    x, c = torch.randn(1, 4, 8, 8), torch.randn(1, 77, 32)
+    with torch.no_grad():
+        return unet(x, torch.tensor(500.0), encoder_hidden_states=c).sample
+
+
+def test_patch_changes_output_and_restores_bitwise(unet) -> None:
+    original = snapshot(unet)
+    patcher = WeightPatcher(unet)
+    before = run(unet)
+    paths = linear_paths(unet)[:20]
+    assert patcher.reconcile([WantedNetwork("a", 0.8, random_network(unet, "a", 1, paths))]) == 20
+    during = run(unet)
+    assert (before - during).abs().max() > 1e-4
+    assert patcher.reconcile([WantedNetwork("a", 0.8, random_network(unet, "a", 1, paths))]) == 0  # same set
+    patcher.restore_all()
+    assert torch.equal(before, run(unet)) and identical(unet, original) and not patcher.patched
+
+
+def test_multiplier_zero_equals_no_network(unet) -> None:
+    original = snapshot(unet)
+    patcher = WeightPatcher(unet)
+    patcher.reconcile([WantedNetwork("a", 0.0, random_network(unet, "a", 2, linear_paths(unet)[:5]))])
+    assert identical(unet, original)
+    patcher.restore_all()
+
+
+def test_switching_recomputes_only_what_changed_and_equals_fresh(unet) -> None:
+    original = snapshot(unet)
+    paths = linear_paths(unet)
+    a = WantedNetwork("a", 1.0, random_network(unet, "a", 3, paths[:10]))
+    b = WantedNetwork("b", 0.5, random_network(unet, "b", 4, paths[5:15]))
+    patcher = WeightPatcher(unet)
+    patcher.reconcile([a])
+    assert patcher.reconcile([a, b]) == 10  # only b's modules
+    combined = snapshot(unet)
+    patcher.restore_all()
+    fresh = WeightPatcher(unet)
+    fresh.reconcile([a, b])
+    assert identical(unet, combined)  # A then A+B == A+B loaded fresh
+    assert fresh.reconcile([b]) == 10  # a's 5 exclusive modules restored, 5 shared recomputed
+    fresh.restore_all()
+    assert identical(unet, original)
+
+
+def test_sequential_order_matters_for_weight_dependent_deltas(unet) -> None:
+    path = linear_paths(unet)[3]
+    weight = unet.get_submodule(path).weight.detach().clone()
+    add = torch.full_like(weight, 0.1)
+    patcher = WeightPatcher(unet)
+    patcher.reconcile([WantedNetwork("add", 1.0, {path: Additive(add)}), WantedNetwork("ia3", 1.0, {path: Scaling(0.5)})])
+    assert torch.allclose(unet.get_submodule(path).weight, (weight + add) * 1.5, atol=1e-6)
+    patcher.reconcile([WantedNetwork("ia3", 1.0, {path: Scaling(0.5)}), WantedNetwork("add", 1.0, {path: Additive(add)})])
+    assert torch.allclose(unet.get_submodule(path).weight, weight * 1.5 + add, atol=1e-6)
+    patcher.restore_all()
+    assert torch.equal(unet.get_submodule(path).weight, weight)
+
+
+def test_failure_half_way_leaves_weights_pristine(unet) -> None:
+    original = snapshot(unet)
+    paths = linear_paths(unet)
+    patcher = WeightPatcher(unet)
+    good = WantedNetwork("good", 1.0, random_network(unet, "good", 5, paths[:8]))
+    patcher.reconcile([good])
+    broken = {**random_network(unet, "bad", 6, paths[8:12]), paths[12]: Exploding()}
+    with pytest.raises(RuntimeError, match="bad tensor"):
+        patcher.reconcile([good, WantedNetwork("bad", 1.0, broken)])
+    # Every module the failed call touched is back to its original; untouched ones keep "good"'s patch.
+    for path in paths[8:13]:
+        assert torch.equal(unet.get_submodule(path).weight, original[path + ".weight"])
+    patcher.restore_all()
+    assert identical(unet, original)
+
+
+def test_random_switch_cycles_end_bit_identical(unet) -> None:
+    original = snapshot(unet)
+    paths = linear_paths(unet)
+    pool = [WantedNetwork(f"n{i}", m, random_network(unet, f"n{i}", 10 + i, random.Random(i).sample(paths, 12)))
+            for i, m in enumerate([1.0, 0.7, -0.3, 1.5])]
+    pool.append(WantedNetwork("ia3", 1.0, {p: Scaling(0.2) for p in paths[:6]}))
+    patcher = WeightPatcher(unet)
+    rng = random.Random(0)
+    for _ in range(1000):
+        patcher.reconcile(rng.sample(pool, rng.randint(0, len(pool))))
+    patcher.restore_all()
+    assert identical(unet, original)
+
+
+def test_backups_on_cpu(unet) -> None:
+    original = snapshot(unet)
+    patcher = WeightPatcher(unet, backup_device="cpu")
+    patcher.reconcile([WantedNetwork("a", 1.0, random_network(unet, "a", 7, linear_paths(unet)[:3]))])
+    assert all(w.device.type == "cpu" for w, _ in patcher._backup.values())
+    patcher.restore_all()
+    assert identical(unet, original)
