@@ -273,7 +273,7 @@ def measure(state: AppState, config: Config, device: str, repeats: int, warmup: 
                     result.vanilla[-1])
     vanilla_float = run_vanilla(vanilla, config, seed, device, output_type="np")
     vanilla_latents = run_vanilla(vanilla, config, seed, device, output_type="latent")
-    decoded = sampling.decode(state.models.current.pipe.vae, vanilla_latents)
+    decoded = sampling.decode(state.models.current.pipe.vae, vanilla_latents).images
     compare_images(result, outputs["ours"], outputs["vanilla"], vanilla_float, decoded)
     return result
 

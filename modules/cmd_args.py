@@ -18,10 +18,7 @@ from collections.abc import Mapping, Sequence
 #: Flags that exist so A1111 users' ``COMMANDLINE_ARGS`` keep working, but that change nothing here.
 #: Each maps to the reason shown once in the log.
 ACCEPTED_WITHOUT_EFFECT: dict[str, str] = {
-    "opt_split_attention": "PyTorch SDPA is used instead of Doggettx split attention",
-    "opt_split_attention_v1": "PyTorch SDPA is used instead",
     "opt_split_attention_invokeai": "PyTorch SDPA is used instead",
-    "opt_sub_quad_attention": "PyTorch SDPA is used instead",
     "disable_opt_split_attention": "PyTorch SDPA is used instead",
     "no_gradio_queue": "the job queue is always on",
     "update_check": "there is no update server to ask",
@@ -110,6 +107,12 @@ def _add_device_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--opt-sdp-no-mem-attention", action="store_true",
                        help="PyTorch SDPA without the memory-efficient kernel (deterministic)")
     group.add_argument("--opt-channelslast", action="store_true", help="channels-last memory format for the UNet")
+    group.add_argument("--opt-split-attention", action="store_true",
+                       help="memory-saving sliced attention (instead of PyTorch SDPA)")
+    group.add_argument("--opt-split-attention-v1", action="store_true", help="same as --opt-split-attention")
+    group.add_argument("--opt-sub-quad-attention", action="store_true", help="same as --opt-split-attention")
+    group.add_argument("--opt-compile", action="store_true",
+                       help="compile the UNet with torch.compile (CUDA graphs where possible); survives LoRA switches")
     group.add_argument("--no-half", action="store_true", help="keep the model in fp32")
     group.add_argument("--no-half-vae", action="store_true", help="keep the VAE in fp32")
     group.add_argument("--precision", choices=("full", "half", "autocast"), default="autocast",

@@ -24,6 +24,7 @@ import torch
 logger = logging.getLogger(__name__)
 
 MemoryMode = Literal["normal", "medvram", "lowvram"]
+Attention = Literal["sdpa", "xformers", "sliced"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,6 +36,10 @@ class DevicePolicy:
     vae_dtype: torch.dtype
     memory_mode: MemoryMode = "normal"
     upcast_sampling: bool = False
+    attention: Attention = "sdpa"
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"  # tests use "aot_eager": same graph capture and guards, no C++ codegen
 
     @property
     def is_cuda(self) -> bool:
@@ -49,7 +54,8 @@ class DevicePolicy:
         """One line for the log and /sdapi/v1/memory."""
         name = torch.cuda.get_device_name(self.device) if self.is_cuda else "CPU"
         return (f"device={self.device} ({name}) dtype={_short(self.dtype)} vae={_short(self.vae_dtype)} "
-                f"memory={self.memory_mode}")
+                f"memory={self.memory_mode} attention={self.attention}"
+                + (" channels-last" if self.channels_last else "") + (" compiled" if self.compile else ""))
 
 
 def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) -> DevicePolicy:
@@ -68,12 +74,13 @@ def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) 
         dtype = torch.float32 if full else torch.float16
         vae_dtype = torch.float32 if (full or args.no_half_vae) else torch.float16
         mode: MemoryMode = "lowvram" if args.lowvram else "medvram" if args.medvram else "normal"
-        if mode != "normal":
-            logger.warning("--%s is accepted but its offloading is not implemented yet: the whole model stays on "
-                           "the GPU.", mode)
-        if args.xformers or args.force_enable_xformers:
-            logger.warning("--xformers: xformers attention is not wired in yet; PyTorch SDPA attention is used.")
-        return DevicePolicy(device, dtype, vae_dtype, mode, upcast_sampling=bool(args.upcast_sampling))
+        compile_ = bool(args.opt_compile)
+        if compile_ and mode != "normal":
+            logger.warning("--opt-compile is ignored with --%s: the offloading hooks break the compiled graph.", mode)
+            compile_ = False
+        return DevicePolicy(device, dtype, vae_dtype, mode, upcast_sampling=bool(args.upcast_sampling),
+                            attention=choose_attention(args), channels_last=bool(args.opt_channelslast),
+                            compile=compile_)
 
     reason = "--use-cpu" if use_cpu else "CUDA is not available"
     logger.warning("Running on the CPU in fp32 (%s): generation is slow; use a CUDA GPU for real work.", reason)
@@ -82,6 +89,32 @@ def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) 
     if args.precision == "half":
         logger.warning("--precision half is ignored on the CPU: fp16 is not supported well there.")
     return DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, "normal")
+
+
+def choose_attention(args: argparse.Namespace) -> Attention:
+    """A1111's flags: ``--xformers`` (when installed), the memory-saving ``--opt-split-attention`` /
+    ``--opt-sub-quad-attention`` (sliced attention), else PyTorch's scaled-dot-product attention."""
+    if args.xformers or args.force_enable_xformers:
+        import importlib.util
+
+        if importlib.util.find_spec("xformers") is not None:
+            return "xformers"
+        logger.warning("--xformers: the xformers package is not installed; using PyTorch SDPA attention.")
+    if args.opt_split_attention or args.opt_split_attention_v1 or args.opt_sub_quad_attention:
+        return "sliced"
+    return "sdpa"
+
+
+def apply_attention(unet: torch.nn.Module, policy: DevicePolicy) -> None:
+    """Set the UNet's attention backend through diffusers' public switches."""
+    if policy.attention == "xformers":
+        try:
+            unet.enable_xformers_memory_efficient_attention()
+            return
+        except (ModuleNotFoundError, ValueError, RuntimeError) as e:  # no CUDA build / unsupported GPU
+            logger.warning("xformers attention is unavailable (%s); using PyTorch SDPA.", e)
+    if policy.attention == "sliced":
+        unet.set_attention_slice("auto")
 
 
 def _short(dtype: torch.dtype) -> str:

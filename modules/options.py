@@ -45,12 +45,22 @@ OPTIONS: dict[str, OptionInfo] = {
     "use_old_scheduling": OptionInfo(False, "Use old prompt editing timelines", "compatibility"),
     "textual_inversion_add_hashes_to_infotext": OptionInfo(True, "Add Textual Inversion hashes to infotext", "sd"),
     "randn_source": OptionInfo("GPU", "Random number generator source", "sd", choices=("GPU", "CPU")),
+    "auto_vae_precision": OptionInfo(True, "Automatically revert VAE to 32-bit floats when it produces NaNs", "sd"),
+    "vae_tiling": OptionInfo("Auto", "Decode large images in VAE tiles", "sd", choices=("Auto", "Always", "Never")),
     "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", "sampler", minimum=0),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (steps, 0 = off)", "ui", minimum=0),
+    # Prompt editing keys (A1111's keyedit_* settings, read by the page's script)
+    "keyedit_precision_attention": OptionInfo(0.1, "Precision for (attention:1.1) when editing the prompt with Ctrl+up/down",
+                                              "ui", minimum=0.01, maximum=0.2),
+    "keyedit_precision_extra": OptionInfo(0.05, "Precision for <extra networks:0.9> when editing the prompt with Ctrl+up/down",
+                                          "ui", minimum=0.01, maximum=0.2),
+    "keyedit_delimiters": OptionInfo(".,\\/!?%^*;:{}=`~() ", "Word delimiters when editing the prompt with Ctrl+up/down", "ui"),
     # Extra Networks: LoRA (A1111's keys, from its Lora extension)
     "lora_preferred_name": OptionInfo("Alias from file", "When adding to prompt, refer to Lora by", "extra_networks",
                                       choices=("Alias from file", "Filename")),
     "lora_add_hashes_to_infotext": OptionInfo(True, "Add Lora hashes to infotext", "extra_networks"),
+    "extra_networks_default_multiplier": OptionInfo(1.0, "Default multiplier for extra networks", "extra_networks",
+                                                    minimum=0.0, maximum=2.0),
     # A1111's default is 0 (keep nothing beyond the active set). Ours counts parsed files kept on the CPU: 8 covers
     # switching between a few prompts' sets (typically 1-4 LoRAs each) without re-reading files; an SD1 LoRA is
     # ~10-150 MB, so 8 costs at most ~1 GB of RAM. 0 keeps nothing (the active networks are held by the patcher).
@@ -122,14 +132,17 @@ class Options:
         """Call ``callback(key, new_value)`` after ``key`` changes; if it raises, the old value is restored."""
         self._callbacks.setdefault(key, []).append(callback)
 
-    def set(self, key: str, value: object, run_callbacks: bool = True) -> bool:
+    def set(self, key: str, value: object, run_callbacks: bool = True, internal: bool = False) -> bool:
         """Validate and store one setting; returns whether it changed.
 
+        ``internal`` marks a write the server makes itself (recording which checkpoint it loaded at startup); like
+        A1111, --freeze-settings refuses only the user's edits, not the server's own bookkeeping.
+
         Raises:
-            FrozenSettingsError: with --freeze-settings.
+            FrozenSettingsError: with --freeze-settings, for a write that is not ``internal``.
             KeyError, ValueError: unknown key or a value of the wrong type/choice.
         """
-        if self._frozen:
+        if self._frozen and not internal:
             raise FrozenSettingsError(f"settings are frozen (--freeze-settings); {key!r} was not changed")
         value = validate(key, value)
         with self._lock:

@@ -118,17 +118,33 @@ def _guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, 
     return result
 
 
+@dataclass(frozen=True)
+class Decoded:
+    """Decoded images, and whether the VAE produced NaNs (then the images are black where they are)."""
+
+    images: list[Image.Image]
+    nan_found: bool
+
+
 @torch.no_grad()
-def decode(vae: torch.nn.Module, latents: torch.Tensor) -> list[Image.Image]:
+def decode(vae: torch.nn.Module, latents: torch.Tensor, tiled: bool = False) -> Decoded:
     """Latents → RGB images, one image at a time (as A1111, to bound VAE memory).
 
     Pixel values are truncated to uint8 the way A1111 does (``astype(uint8)`` of ``255·x``), so images match.
+    ``tiled`` decodes in overlapping tiles (diffusers' VAE tiling) for images too large for the device.
     """
-    images = []
+    images, nan_found = [], False
     dtype = next(vae.parameters()).dtype
-    for latent in latents:
-        sample = vae.decode(latent.unsqueeze(0).to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
-        pixels = ((sample[0].float() + 1.0) / 2.0).clamp(0.0, 1.0)  # (3, H, W) in [0, 1]
-        array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
-        images.append(Image.fromarray(array))
-    return images
+    if tiled:
+        vae.enable_tiling()
+    try:
+        for latent in latents:
+            sample = vae.decode(latent.unsqueeze(0).to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
+            nan_found = nan_found or bool(torch.isnan(sample).any())
+            pixels = ((sample[0].float() + 1.0) / 2.0).clamp(0.0, 1.0).nan_to_num(0.0)  # (3, H, W) in [0, 1]
+            array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
+            images.append(Image.fromarray(array))
+    finally:
+        if tiled:
+            vae.disable_tiling()
+    return Decoded(images, nan_found)

@@ -26,8 +26,9 @@ import torch
 
 from modules import model_loading, sd_vae
 from modules.conditioning import ConditioningCache
-from modules.devices import DevicePolicy
+from modules.devices import DevicePolicy, apply_attention
 from modules.hashes import HashCache
+from modules.offload import OffloadManager
 from modules.patching import WeightPatcher
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class LoadedModel:
     vae: sd_vae.VaeChoice = field(default_factory=sd_vae.VaeChoice.baked)
     baked_vae_state: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE, kept once replaced
     patchers: dict[str, WeightPatcher] = field(default_factory=dict)  # "unet", "text_encoder"
+    offload: OffloadManager | None = None  # --medvram / --lowvram placement
     cond_cache: ConditioningCache = field(default_factory=ConditioningCache)
     extras: dict[str, object] = field(default_factory=dict)  # per-model data of extensions (e.g. LoRA key maps)
 
@@ -227,16 +229,42 @@ class ModelManager:
         return LoadedModel(info=info, pipe=pipe, patchers=patchers)
 
     def _activate(self, model: LoadedModel) -> None:
-        """Put the model's components on the working device in the policy's dtypes."""
+        """Put the model's components where the memory mode wants them, in the policy's dtypes; set up attention,
+        channels-last and compilation once per model."""
         pipe, policy = model.pipe, self.policy
-        for module, dtype in ((pipe.unet, policy.dtype), (pipe.text_encoder, policy.dtype), (pipe.vae, policy.vae_dtype)):
-            if module.dtype != dtype or module.device != policy.device:
-                module.to(device=policy.device, dtype=dtype)
+        if model.offload is None:
+            for module, dtype in ((pipe.unet, policy.dtype), (pipe.text_encoder, policy.dtype),
+                                  (pipe.vae, policy.vae_dtype)):
+                target = policy.device if policy.memory_mode == "normal" else torch.device("cpu")
+                if module.dtype != dtype or module.device != target:
+                    module.to(device=target, dtype=dtype)
+            if policy.memory_mode != "normal":
+                model.offload = OffloadManager(pipe, policy)
+        if not model.extras.get("device_setup"):
+            apply_attention(pipe.unet, policy)
+            if policy.channels_last:
+                pipe.unet.to(memory_format=torch.channels_last)
+            if policy.compile:  # weights are patched in place later, so LoRA switches never recompile
+                mode = "reduce-overhead" if policy.is_cuda and policy.compile_backend == "inductor" else None
+                pipe.unet.compile(backend=policy.compile_backend, mode=mode)
+            model.extras["device_setup"] = True
 
     def _park(self, model: LoadedModel) -> None:
         """A model that stays cached but is not in use waits in RAM, not VRAM."""
-        if self.policy.is_cuda:
+        if model.offload is not None:
+            model.offload.release()
+        elif self.policy.is_cuda:
             model.pipe.to("cpu")
+
+    def upcast_vae(self, model: LoadedModel) -> None:
+        """Switch the model's VAE to fp32 for good (A1111's automatic answer to NaNs in an fp16 VAE)."""
+        with self._lock:
+            parked = model.offload.parked.pop("vae", None) if model.offload is not None else None
+            if parked is not None:
+                parked.restore()
+            model.pipe.vae.to(dtype=torch.float32)
+            if parked is not None:
+                model.offload.park("vae", model.pipe.vae)
 
     # -- VAE -------------------------------------------------------------------------------------------------
     def apply_vae(self, model: LoadedModel, setting: str, forced_path: Path | None = None) -> None:

@@ -45,3 +45,38 @@ def test_gpu_seed_source_differs_from_cpu_source(make_state) -> None:
     result = process(state, GenerationParams(**BASE))
     assert "RNG: CPU" in result.infotexts[0]
     assert np.abs(np.asarray(result.images[0]).astype(np.float32) - gpu).max() > 0
+
+
+def _mode_state(make_state, mode: str):
+    import dataclasses
+
+    state = make_state(load=False)
+    state.policy = state.models.policy = dataclasses.replace(state.policy, memory_mode=mode)
+    info = state.models.checkpoints[0]
+    state.opts.set("sd_model_checkpoint", info.name, run_callbacks=False)
+    state.models.load(info)
+    return state
+
+
+def test_memory_modes_same_images_and_less_vram(make_state) -> None:
+    """Each mode's image equals normal mode's within fp16 tolerance; peak VRAM drops from normal to lowvram."""
+    peaks, images = {}, {}
+    for mode in ("normal", "medvram", "lowvram"):
+        torch.cuda.empty_cache()
+        state = _mode_state(make_state, mode)
+        torch.cuda.reset_peak_memory_stats()
+        images[mode] = _image(state)
+        peaks[mode] = torch.cuda.max_memory_allocated()
+        state.queue.shutdown()
+        del state
+    for mode in ("medvram", "lowvram"):
+        assert np.abs(images[mode] - images["normal"]).mean() < 1.0, mode
+    assert peaks["medvram"] < peaks["normal"] and peaks["lowvram"] < peaks["medvram"], peaks
+
+
+def test_lowvram_prefetches_on_a_side_stream(make_state) -> None:
+    state = _mode_state(make_state, "lowvram")
+    streamer = state.models.current.offload.streamer
+    assert streamer.stream is not None
+    _image(state)
+    assert streamer.prefetched > 0 and all(m.is_pinned() for m in streamer.master_tensors)
