@@ -18,6 +18,9 @@ from modules import cmd_args
 
 logger = logging.getLogger("webui")
 
+#: On Ctrl+C / SIGTERM, requests still waiting on jobs get this long before they are cut off.
+SHUTDOWN_GRACE_S = 5
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the server until interrupted. ``argv=None`` means the command line plus ``COMMANDLINE_ARGS``."""
@@ -31,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     state = initialize.build_state(args)
     register_setting_callbacks(state)
     startup = initialize.choose_startup_checkpoint(state)
-    state.opts.set("sd_model_checkpoint", startup.name, run_callbacks=False)
+    state.opts.set("sd_model_checkpoint", startup.name, run_callbacks=False, internal=True)
     if not args.skip_load_model_at_start:
         load_startup_model(state)
     app = create_app(state)
@@ -86,20 +89,27 @@ def create_app(state):
     from fastapi.middleware.cors import CORSMiddleware
 
     from modules.api import api
+    from modules.api.safety import RequestGuard
 
     app = FastAPI(title="Stable Diffusion web UI API", docs_url="/docs", redoc_url="/redoc")
     app.state.webui = state
     api.install_error_handlers(app)
     args = state.args
-    if args.cors_allow_origins or args.cors_allow_origins_regex:
+    app.add_middleware(RequestGuard, log_requests=bool(args.api_log))  # body size/depth limits for every route
+    if args.cors_allow_origins or args.cors_allow_origins_regex:  # outermost: refusals carry CORS headers too
         origins = [o.strip() for o in (args.cors_allow_origins or "").split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_origin_regex=args.cors_allow_origins_regex,
                            allow_methods=["*"], allow_headers=["*"], allow_credentials=True)
     if args.api or args.nowebui:
         app.include_router(api.create_router(state))
+    app.include_router(api.create_internal_router(state))  # A1111's /internal/progress, with or without --api
     for part in state.extension_parts:  # A1111 serves these without --api and without --api-auth
         for router in part.public_routers:
             app.include_router(router)
+    if not args.nowebui:  # the Extra Networks panel's read-only routes (thumbnails, cards), public as in A1111
+        from modules.ui import extra_networks_routes
+
+        app.include_router(extra_networks_routes.create_router(state))
     if not args.nowebui:
         import gradio as gr
 
@@ -128,7 +138,7 @@ def serve(app, state) -> int:
     host = args.server_name or ("0.0.0.0" if args.listen else "127.0.0.1")
     port = args.port or (7861 if args.nowebui else 7860)
     config = uvicorn.Config(app, host=host, port=port, timeout_keep_alive=args.timeout_keep_alive,
-                            log_level="warning")
+                            log_level="warning", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
     server = uvicorn.Server(config)
     url = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
@@ -142,7 +152,7 @@ def serve(app, state) -> int:
 
     threading.Thread(target=announce, daemon=True, name="announce").start()
     server.run()
-    state.queue.shutdown()
+    state.queue.shutdown(interrupt=state.job.interrupt)  # queued jobs are dropped, the running one stops
     return 0
 
 

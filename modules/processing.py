@@ -6,6 +6,7 @@ runs. It returns a :class:`Processed` with the images, their infotexts and A1111
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from modules.sd_models import LoadedModel
 from modules.state import AppState
 
 logger = logging.getLogger(__name__)
+
+VAE_TILING_PIXELS = 1536 * 1536  # "Auto" tiles the VAE decode of images larger than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,11 +116,14 @@ def process(state: AppState, params: GenerationParams) -> Processed:
             seeds, subseeds = all_seeds[batch], all_subseeds[batch]
 
             # 3. Extra networks named in the batch's first prompt; CLIP sees the prompts without their tags.
+            #    (Weights are patched only while every offloaded part holds its master weights.)
             prompts, network_data = extra_networks.parse_prompts(all_prompts[batch])
             ctx = extra_networks.ActivationContext(model=model, opts=opts)
+            _release(model)
             with state.networks.activated(ctx, network_data):
                 # 4. Conditioning, after the networks (a LoRA changes the text encoder).
-                guidance, extra = _conditioning(state, setup, prompts, all_negative[batch])
+                with _on_device(model, "text_encoder"):
+                    guidance, extra = _conditioning(state, setup, prompts, all_negative[batch])
 
                 # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
                 shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
@@ -126,14 +132,16 @@ def process(state: AppState, params: GenerationParams) -> Processed:
 
                 # 6. Denoise.
                 run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
-                with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar:
+                with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar, \
+                        _on_device(model, "unet"):
                     latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
                                                callback=_step_callback(state, bar))
             comments.extend(c for c in ctx.comments if c not in comments)
+            _check_nans(state, latents)
 
             # 7. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
             extra = {**ctx.infotext, **extra}
-            for i, image in enumerate(sampling.decode(pipe.vae, latents)):
+            for i, image in enumerate(_decode(state, model, latents, params, comments)):
                 index = n * params.batch_size + i
                 text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
                                        all_subseeds[index])
@@ -143,6 +151,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 texts.append(text)
             state.job.next_batch()
     finally:
+        _release(model)  # A1111 sends everything back to the CPU after each job in the low-memory modes
         state.job.end()
 
     # 8. A grid in front when there is more than one image (A1111's return_grid / grid_save).
@@ -192,6 +201,45 @@ def _conditioning(state: AppState, setup: JobSetup, prompts: list[str],
     return sampling.Guidance(multicond, uncond, float(setup.params.cfg_scale)), extra
 
 
+def _on_device(model: LoadedModel, component: str):
+    """The memory mode's placement for one stage (a no-op in the normal mode)."""
+    return model.offload.use(component) if model.offload is not None else contextlib.nullcontext()
+
+
+def _release(model: LoadedModel) -> None:
+    if model.offload is not None:
+        model.offload.release()
+
+
+class NansError(RuntimeError):
+    """The UNet produced NaNs (A1111's NansException), with what to try."""
+
+
+def _check_nans(state: AppState, latents: torch.Tensor) -> None:
+    if not state.args.disable_nan_check and torch.isnan(latents).any():
+        raise NansError("The UNet produced NaNs: the model or the precision cannot represent this picture. Try "
+                        "--no-half (or --upcast-sampling), another sampler or CFG scale; --disable-nan-check "
+                        "turns this check off.")
+
+
+def _decode(state: AppState, model: LoadedModel, latents: torch.Tensor, params: GenerationParams,
+            comments: list[str]) -> list[Image.Image]:
+    """Decode with the VAE; on NaNs from a half-precision VAE, switch it to fp32 and retry (A1111's default)."""
+    vae = model.pipe.vae
+    tile = str(state.opts["vae_tiling"])
+    tiled = tile == "Always" or (tile == "Auto" and params.width * params.height > VAE_TILING_PIXELS)
+    with _on_device(model, "vae"):
+        decoded = sampling.decode(vae, latents, tiled=tiled)
+    if decoded.nan_found and next(vae.parameters()).dtype != torch.float32 and state.opts["auto_vae_precision"]:
+        message = "The VAE produced NaNs in half precision; it now runs in fp32 (as --no-half-vae would)."
+        logger.warning(message)
+        comments.append(message)
+        state.models.upcast_vae(model)
+        with _on_device(model, "vae"):
+            decoded = sampling.decode(vae, latents, tiled=tiled)
+    return decoded.images
+
+
 def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
     """Load the checkpoint the job's settings name if it is not the current one, and apply the VAE setting."""
     wanted = str(opts["sd_model_checkpoint"] or "")
@@ -206,8 +254,12 @@ def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
 
 
 def _step_callback(state: AppState, bar: tqdm) -> sampling.StepCallback:
+    every = int(state.opts["show_progress_every_n_steps"])  # live preview period; 0 = off
+
     def callback(step: int, total: int, latents: torch.Tensor) -> bool:
         state.job.set_step(step + 1, total)
+        if every > 0 and (step + 1) % every == 0:
+            state.job.set_latent(latents.detach().clone())  # decoded only when /progress asks for it
         bar.total = total
         bar.update(1)
         return state.job.should_stop_batch

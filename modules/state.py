@@ -36,6 +36,8 @@ class JobState:
     job_timestamp: str = "0"
     textinfo: str | None = None
     time_start: float | None = None
+    current_latent: object | None = None  # torch.Tensor (B, 4, h, w): the latest latents kept for the live preview
+    id_live_preview: int = 0  # counts the latents kept, so a client can ask only for a newer preview
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job: str, job_count: int) -> None:
@@ -47,6 +49,7 @@ class JobState:
             self.job_timestamp = time.strftime("%Y%m%d%H%M%S")
             self.time_start = time.time()
             self.textinfo = None
+            self.current_latent = None
 
     def next_batch(self) -> None:
         """One batch (``n_iter`` iteration) is done; a skip only ever applies to the batch it was sent in."""
@@ -59,8 +62,20 @@ class JobState:
         with self._lock:
             self.sampling_step, self.sampling_steps = step, steps
 
+    def set_latent(self, latents: object) -> None:
+        """Keep a copy of the running job's latents for ``/progress``'s live preview (decoded only when asked)."""
+        with self._lock:
+            self.current_latent = latents
+            self.id_live_preview += 1
+
+    def live_latent(self) -> tuple[object | None, int]:
+        """``(latents kept for the preview or None, id_live_preview)``, read together."""
+        with self._lock:
+            return self.current_latent, self.id_live_preview
+
     def end(self) -> None:
         with self._lock:
+            self.current_latent = None
             self.job = ""
             self.job_count = self.job_no = 0
             self.sampling_step = self.sampling_steps = 0

@@ -55,6 +55,18 @@ def start_server(data: Path, *flags: str, timeout: float = 240) -> Server:
     raise AssertionError(f"webui.py did not start in {timeout}s:\n{log.read_text()}")
 
 
+def listening(server: Server) -> set[tuple[str, int]]:
+    """The (address, port) pairs the server process listens on, read from the OS (no connection is made)."""
+    import psutil
+
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.Process(server.process.pid).net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN}
+
+
+def port_of(server: Server) -> int:
+    return int(server.url.rsplit(":", 1)[1])
+
+
 def stop_server(server: Server) -> None:
     server.process.terminate()
     try:
@@ -215,5 +227,13 @@ def test_api_auth(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert requests.get(server.api("sd-models"), auth=("alice", "s3cret:x"), timeout=30).status_code == 200
         reply = requests.post(server.api("txt2img"), json=SMALL, auth=("bob", "pw"), timeout=300)
         assert reply.status_code == 200
+        assert listening(server) == {("127.0.0.1", port_of(server))}  # no --listen: localhost only
+        for route in ("png-info", "txt2img", "options"):  # refused before the body is even looked at
+            assert requests.post(server.api(route), json={"image": ""}, timeout=30).status_code == 401
+        assert requests.post(server.api("png-info"), json={"image": ""}, auth=("bob", "pw"), timeout=30).status_code == 422
+        assert requests.post(f"{server.url}/internal/progress", json={"id_task": "x"}, timeout=30).status_code == 401
+        assert requests.post(f"{server.url}/internal/progress", json={"id_task": "x"}, auth=("bob", "pw"),
+                             timeout=30).status_code == 200
+        assert requests.get(server.api("loras"), timeout=30).status_code == 200  # public, as in A1111
     finally:
         stop_server(server)

@@ -1,61 +1,82 @@
-"""The A1111-compatible ``/sdapi/v1`` routes.
+"""The A1111-compatible ``/sdapi/v1`` API: error JSON, HTTP Basic auth, and the routers of the route groups.
 
 Every generation and model switch goes through ``state.queue`` (one worker owns the model). Errors are
-answered with A1111's error JSON ``{error, detail, body, errors}``: 422 for a bad value, 404 for an unknown
-name, 400 for a model file that cannot be used, 403 for frozen settings.
+answered with A1111's error JSON ``{error, detail, body, errors}``: 422 for a bad value or a name shaped like
+a path, 404 for an unknown name, 400 for a model file that cannot be used or a malformed body, 403 for frozen
+settings and for names that lead out of their library, 409 for a ``force_task_id`` already queued, 413 for a
+body over the size limit (see :mod:`modules.api.safety`). Routes live in :mod:`modules.api.generation`
+(txt2img, progress, interrupt, skip, ``/internal/progress``) and :mod:`modules.api.listings` (the rest).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import io
-import json
 import logging
+import math
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
-from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modules import infotext, processing, samplers
-from modules.api import models
+from modules.api.safety import NameRefusedError, NotFoundError, OutsideLibraryError
+from modules.call_queue import DuplicateTaskError
 from modules.model_loading import ModelFileError
-from modules.options import OPTIONS, FrozenSettingsError
-from modules.processing_params import GenerationParams, ParamsError
+from modules.options import FrozenSettingsError
+from modules.processing_params import ParamsError
 from modules.sd_models import CheckpointNotFoundError
 from modules.state import AppState
+from modules.styles import StyleNotFoundError
 
 logger = logging.getLogger(__name__)
 
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (  # most specific first
-    (FrozenSettingsError, 403), (CheckpointNotFoundError, 404), (ModelFileError, 400), (ParamsError, 422),
-    (KeyError, 422), (ValueError, 422),
+    (FrozenSettingsError, 403), (OutsideLibraryError, 403), (CheckpointNotFoundError, 404),
+    (StyleNotFoundError, 404), (DuplicateTaskError, 409), (ModelFileError, 400), (NameRefusedError, 422),
+    (NotFoundError, 404), (ParamsError, 422), (KeyError, 422), (ValueError, 422),
 )
+
+
+def json_safe(value: object, depth: int = 0) -> object:
+    """``value`` made strictly JSON-encodable: NaN/±Infinity become strings, bytes text, depth capped.
+
+    Python's JSON parser accepts ``NaN`` and ``Infinity``; echoing them back would make the response itself fail.
+    """
+    if depth > 100:
+        return "..."
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): json_safe(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v, depth + 1) for v in value]
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
 
 
 def error_response(status: int, error: BaseException, body: object = "") -> JSONResponse:
     """A1111's error JSON."""
     message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
     content = {"error": type(error).__name__, "detail": message, "body": body, "errors": message}
-    return JSONResponse(status_code=status, content=jsonable_encoder(content))
+    return JSONResponse(status_code=status, content=json_safe(content))
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Map our exceptions (and request validation) to A1111's error JSON with the right status."""
 
     async def on_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
-        content = {"error": "RequestValidationError", "detail": details, "body": jsonable_encoder(exc.body),
-                   "errors": jsonable_encoder(exc.errors())}
-        return JSONResponse(status_code=422, content=content)
+        errors = exc.errors()
+        details = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}" for e in errors)
+        content = {"error": "RequestValidationError", "detail": details, "body": exc.body, "errors": errors}
+        return JSONResponse(status_code=422, content=json_safe(content))
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         content = {"error": type(exc).__name__, "detail": exc.detail, "body": "", "errors": str(exc.detail)}
-        return JSONResponse(status_code=exc.status_code, content=content, headers=getattr(exc, "headers", None))
+        return JSONResponse(status_code=exc.status_code, content=json_safe(content), headers=getattr(exc, "headers", None))
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("API request failed: %s %s", request.method, request.url.path, exc_info=exc)
@@ -72,36 +93,6 @@ def _handler(status: int):
     async def handle(request: Request, exc: Exception) -> JSONResponse:
         return error_response(status, exc)
     return handle
-
-
-def encode_png(image: Image.Image, text: str | None) -> str:
-    """Base64 PNG carrying the infotext as its ``parameters`` chunk (what A1111's API returns)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=infotext.add_to_png(text) if text else None)
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParams, list[str]]:
-    """Turn an A1111 txt2img request into our parameters, listing what is accepted but not supported."""
-    comments: list[str] = []
-    overrides = dict(request.override_settings or {})
-    unknown = sorted(k for k in overrides if k not in OPTIONS)
-    if unknown:
-        comments.append(f"override_settings ignored (not settings here): {', '.join(unknown)}")
-    if request.enable_hr:
-        comments.append("enable_hr: hires fix is not supported yet; the image was made at the first-pass size")
-    if request.script_name or request.alwayson_scripts:
-        names = [request.script_name] if request.script_name else []
-        comments.append(f"scripts are not supported: {', '.join(names + list(request.alwayson_scripts))}")
-    params = GenerationParams(
-        prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
-        sampler_name=request.sampler_name or request.sampler_index, scheduler=request.scheduler or "Automatic",
-        cfg_scale=request.cfg_scale, width=request.width, height=request.height, seed=request.seed,
-        subseed=request.subseed, subseed_strength=request.subseed_strength, batch_size=request.batch_size,
-        n_iter=request.n_iter, save_images=request.save_images and not request.do_not_save_samples,
-        override_settings={k: v for k, v in overrides.items() if k in OPTIONS},
-    )
-    return params.validate(), comments
 
 
 def parse_credentials(text: str) -> dict[str, str]:
@@ -135,121 +126,52 @@ def basic_auth(credentials: dict[str, str]):
     return check
 
 
-def create_router(state: AppState) -> APIRouter:
-    """All /sdapi/v1 routes of this issue's scope, bound to ``state`` (behind HTTP Basic with --api-auth)."""
+def auth_dependencies(credentials_text: str | None) -> list[Any]:
+    """``[Depends(basic auth)]`` for ``user:pass,...``, or ``[]`` when no credentials are set."""
     from fastapi import Depends
 
-    dependencies = []
-    if state.args.api_auth:
-        dependencies.append(Depends(basic_auth(parse_credentials(state.args.api_auth))))
-    router = APIRouter(prefix="/sdapi/v1", dependencies=dependencies)
+    return [Depends(basic_auth(parse_credentials(credentials_text)))] if credentials_text else []
 
-    async def run_job(fn, *args: Any) -> Any:
-        _, future = state.queue.submit(fn, *args)
+
+class JobRunner:
+    """Submits work to the app's one queue and awaits it without blocking the event loop."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
+    async def __call__(self, fn, *args: Any, task_id: str | None = None) -> Any:
+        _, future = self.state.queue.submit(fn, *args, task_id=task_id)
         return await asyncio.wrap_future(future)
 
-    @router.post("/txt2img", response_model=models.ImageResponse)
-    async def txt2img(request: models.Txt2ImgRequest) -> models.ImageResponse:
-        params, comments = params_from_request(request)
-        processed = await run_job(processing.process, state, params)
-        processed.comments.extend(comments)
-        if not request.override_settings_restore_afterwards:
-            for key, value in params.override_settings.items():
-                await run_job(state.opts.set, key, value)
-        images = None
-        if request.send_images:
-            images = [encode_png(image, text) for image, text in zip(processed.images, processed.infotexts)]
-        return models.ImageResponse(images=images, parameters=request.model_dump(), info=json.dumps(processed.info()))
 
-    @router.get("/progress", response_model=models.ProgressResponse)
-    def progress(skip_current_image: bool = False) -> models.ProgressResponse:
-        job = state.job
-        value, eta = job.progress()
-        progress_state = models.ProgressState(
-            skipped=job.skipped, interrupted=job.interrupted, job=job.job, job_count=job.job_count,
-            job_timestamp=job.job_timestamp, job_no=job.job_no, sampling_step=job.sampling_step,
-            sampling_steps=job.sampling_steps)
-        return models.ProgressResponse(progress=value, eta_relative=eta, state=progress_state,
-                                       current_image=None, textinfo=job.textinfo)
+def create_router(state: AppState) -> APIRouter:
+    """All /sdapi/v1 routes, bound to ``state`` (behind HTTP Basic with --api-auth)."""
+    from modules.api import generation, listings
 
-    @router.post("/interrupt")
-    def interrupt() -> None:
-        state.job.interrupt()
-
-    @router.post("/skip")
-    def skip() -> None:
-        state.job.skip()
-
-    @router.get("/options")
-    def get_options() -> dict[str, Any]:
-        return state.opts.as_dict()
-
-    @router.post("/options")
-    async def set_options(values: dict[str, Any]) -> None:
-        if "sd_model_checkpoint" in values:
-            state.models.find(str(values["sd_model_checkpoint"]))  # 404 before anything changes
-        for key, value in values.items():
-            if key in OPTIONS:
-                await run_job(state.opts.set, key, value)
-            else:
-                state.opts.set_foreign(key, value)
-        state.opts.save()
-
-    @router.get("/cmd-flags")
-    def cmd_flags() -> dict[str, Any]:
-        return vars(state.args)
-
-    @router.get("/sd-models", response_model=list[models.SDModelItem])
-    def sd_models() -> list[models.SDModelItem]:
-        return [models.SDModelItem(title=i.title, model_name=i.model_name, hash=i.shorthash, sha256=i.sha256,
-                                   filename=str(i.path), config=_config_path(i.path))
-                for i in state.models.checkpoints]
-
-    @router.post("/refresh-checkpoints")
-    def refresh_checkpoints() -> None:
-        state.models.refresh()
-
-    @router.get("/sd-vae", response_model=list[models.SDVaeItem])
-    def sd_vae() -> list[models.SDVaeItem]:
-        return [models.SDVaeItem(model_name=v.name, filename=str(v.path)) for v in state.models.vaes]
-
-    @router.post("/refresh-vae")
-    def refresh_vae() -> None:
-        state.models.refresh()
-
-    def refresh_embeddings(force: bool) -> None:
-        model = state.models.current
-        if state.embeddings is not None and model is not None:
-            state.embeddings.refresh(model.pipe.text_encoder.config.hidden_size, force=force)
-
-    @router.get("/embeddings")
-    async def embeddings() -> dict[str, Any]:
-        await run_job(refresh_embeddings, False)  # on the worker: a job may be reading the embeddings
-        return state.embeddings.api_payload() if state.embeddings is not None else {"loaded": {}, "skipped": {}}
-
-    @router.post("/refresh-embeddings")
-    async def refresh_embeddings_route() -> None:
-        await run_job(refresh_embeddings, True)
-
-    @router.get("/hypernetworks")
-    def hypernetworks() -> list[dict[str, Any]]:
-        return state.libraries["hypernet"].api_list()
-
-    @router.get("/samplers", response_model=list[models.SamplerItem])
-    def get_samplers() -> list[dict[str, object]]:
-        return samplers.api_samplers()
-
-    @router.get("/schedulers", response_model=list[models.SchedulerItem])
-    def get_schedulers() -> list[dict[str, object]]:
-        return samplers.api_schedulers()
-
-    @router.get("/scripts")
-    def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [], "img2img": []}
-
+    router = APIRouter(prefix="/sdapi/v1", dependencies=auth_dependencies(state.args.api_auth))
+    run_job = JobRunner(state)
+    generation.add_routes(router, state, run_job)
+    listings.add_routes(router, state, run_job)
     return router
 
 
-def _config_path(path) -> str | None:
-    sidecar = path.with_suffix(".yaml")
-    return str(sidecar) if sidecar.exists() else None
+def create_internal_router(state: AppState) -> APIRouter:
+    """A1111's UI-internal ``/internal/progress`` and ``/internal/pending-tasks``.
+
+    They reveal jobs and live previews, so they need credentials whenever the server has any: the --api-auth
+    ones, else the --gradio-auth ones (as HTTP Basic).
+    """
+    from modules.api import generation
+
+    credentials = state.args.api_auth or _gradio_credentials_text(state.args)
+    router = APIRouter(prefix="/internal", dependencies=auth_dependencies(credentials))
+    generation.add_internal_routes(router, state)
+    return router
+
+
+def _gradio_credentials_text(args) -> str | None:
+    text = args.gradio_auth or ""
+    if getattr(args, "gradio_auth_path", None):
+        with open(args.gradio_auth_path, encoding="utf-8") as f:
+            text += "," + f.read().replace("\n", ",")
+    return ",".join(item.strip() for item in text.split(",") if ":" in item) or None

@@ -91,7 +91,6 @@ class ProgressState(BaseModel):
     job_no: int
     sampling_step: int
     sampling_steps: int
-    queue_position: int | None = None
 
 
 class ProgressResponse(BaseModel):
@@ -132,3 +131,81 @@ class SchedulerItem(BaseModel):
     aliases: list[str] | None
     default_rho: float
     need_inner_model: bool | None
+
+
+class PNGInfoRequest(BaseModel):
+    """POST /sdapi/v1/png-info: a base64 image or a ``data:image/...;base64,`` URL (no http URLs: offline)."""
+
+    image: str
+
+
+class PNGInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any] = Field(default_factory=dict)
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str
+    branch: str
+    commit_hash: str
+    version: str
+    commit_date: int
+    enabled: bool
+
+
+class MemoryResponse(BaseModel):
+    """GET /sdapi/v1/memory: RAM from psutil, CUDA from torch (``{"error": ...}`` without CUDA), as A1111."""
+
+    ram: dict[str, Any]
+    cuda: dict[str, Any]
+
+
+class ScriptInfo(BaseModel):
+    name: str | None = None
+    is_alwayson: bool | None = None
+    is_img2img: bool | None = None
+    args: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscalerModeItem(BaseModel):
+    name: str
+
+
+class InternalProgressRequest(BaseModel):
+    """POST /internal/progress (A1111's UI progress call, also used by bots that send ``force_task_id``)."""
+
+    id_task: str | None = None
+    id_live_preview: int = -1
+    live_preview: bool = True
+
+
+class InternalProgressResponse(BaseModel):
+    active: bool
+    queued: bool
+    completed: bool
+    progress: float | None = None
+    eta: float | None = None
+    live_preview: str | None = None
+    id_live_preview: int | None = None
+    textinfo: str | None = None
+
+
+class PendingTasksResponse(BaseModel):
+    size: int
+    tasks: list[str]

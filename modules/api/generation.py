@@ -1,0 +1,216 @@
+"""Routes that run or follow jobs: txt2img, progress (with the live preview), interrupt, skip, /internal/progress.
+
+A txt2img request is prepared in this order, as A1111 does: the ``infotext`` field fills what the request did not
+set, styles are applied to the prompts, every name is checked against its library (:mod:`modules.api.resolve`),
+then the job goes into the one queue under its id (``force_task_id`` or ``task(n)``). The infotext and
+``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from PIL import Image
+
+from modules import infotext, previews, processing, styles
+from modules.api import models, paste, resolve
+from modules.api.safety import check_name
+from modules.options import OPTIONS
+from modules.processing_params import GenerationParams, ParamsError
+from modules.state import AppState
+
+MAX_TASK_ID = 256
+#: (field, predicate on its value, what to say): accepted A1111 fields this server does not act on.
+UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
+    ("enable_hr", lambda v: bool(v), "hires fix is not supported yet; the image was made at the first-pass size"),
+    ("restore_faces", lambda v: bool(v), "face restoration is not supported"),
+    ("tiling", lambda v: bool(v), "tiling is not supported"),
+    ("seed_resize_from_w", lambda v: isinstance(v, int) and v > 0, "seed resize is not supported"),
+    ("eta", lambda v: v is not None, "eta is not supported (the sampler's default is used)"),
+    ("s_churn", lambda v: v is not None, "sigma churn is not supported"),
+    ("s_noise", lambda v: v is not None, "sigma noise is not supported"),
+    ("s_tmin", lambda v: v is not None, "sigma tmin is not supported"),
+    ("s_tmax", lambda v: v is not None, "sigma tmax is not supported"),
+    ("s_min_uncond", lambda v: v is not None, "NGMS (s_min_uncond) is not supported"),
+    ("refiner_checkpoint", lambda v: bool(v), "the refiner is not supported"),
+    ("disable_extra_networks", lambda v: bool(v), "disable_extra_networks is not supported; networks were applied"),
+)
+_NO_CHECKPOINT = ("", None, "Use same checkpoint")
+
+
+def encode_png(image: Image.Image, text: str | None) -> str:
+    """Base64 PNG carrying the infotext as its ``parameters`` chunk (what A1111's API returns)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", pnginfo=infotext.add_to_png(text) if text else None)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParams, list[str]]:
+    """Turn an A1111 txt2img request into our parameters, listing what is accepted but not supported."""
+    comments: list[str] = []
+    overrides = dict(request.override_settings or {})
+    unknown = sorted(k for k in overrides if k not in OPTIONS)
+    if unknown:
+        comments.append(f"override_settings ignored (not settings here): {', '.join(unknown)}")
+    for field, applies, message in UNSUPPORTED:
+        if applies(getattr(request, field, None)):  # type: ignore[operator]
+            comments.append(f"{field}: {message}")
+    if request.script_name or request.alwayson_scripts:
+        names = [request.script_name] if request.script_name else []
+        comments.append(f"scripts are not supported: {', '.join(names + [str(k) for k in request.alwayson_scripts])}")
+    params = GenerationParams(
+        prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
+        sampler_name=request.sampler_name or request.sampler_index, scheduler=request.scheduler or "Automatic",
+        cfg_scale=request.cfg_scale, width=request.width, height=request.height, seed=request.seed,
+        subseed=request.subseed, subseed_strength=request.subseed_strength, batch_size=request.batch_size,
+        n_iter=request.n_iter, save_images=request.save_images and not request.do_not_save_samples,
+        override_settings={k: v for k, v in overrides.items() if k in OPTIONS},
+    )
+    return params.validate(), comments
+
+
+@dataclass(frozen=True)
+class Prepared:
+    params: GenerationParams
+    comments: list[str]
+    prompt: str  # as sent (after the infotext filled it), before styles
+    negative_prompt: str
+
+
+def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared:
+    """Infotext, styles, name checks, parameters — everything that can refuse a request before it is queued."""
+    if request.force_task_id is not None and len(request.force_task_id) > MAX_TASK_ID:
+        raise ParamsError(f"force_task_id is longer than {MAX_TASK_ID} characters")
+    paste.apply_to_request(state, request)
+    prompt, negative = request.prompt, request.negative_prompt
+    if request.styles:
+        names = [check_name("styles", name) for name in request.styles]
+        request.prompt, request.negative_prompt = styles.for_state(state).apply(prompt, negative, names)
+    resolve.settings(state, request.override_settings or {})
+    resolve.prompt_networks(state, [request.prompt, request.hr_prompt])
+    for field in ("hr_checkpoint_name", "refiner_checkpoint"):
+        if getattr(request, field) not in _NO_CHECKPOINT:
+            check_name(field, getattr(request, field))
+    if request.script_name:
+        check_name("script_name", request.script_name)
+    params, comments = params_from_request(request)
+    return Prepared(params, comments, prompt, negative)
+
+
+def run_txt2img(state: AppState, params: GenerationParams) -> processing.Processed:
+    """The job itself, on the queue's worker: embeddings named in the prompts are checked once they are listed."""
+    resolve.refresh_embeddings(state)
+    resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt])
+    return processing.process(state, params)
+
+
+class PreviewCache:
+    """The running job's live preview as base64 PNG, decoded once per new latent (``id_live_preview``)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self._lock = threading.Lock()
+        self._cached: tuple[int, str] | None = None
+
+    def get(self) -> tuple[str | None, int]:
+        """``(base64 PNG or None, id_live_preview)``."""
+        latent, preview_id = self.state.job.live_latent()
+        if latent is None:
+            return None, preview_id
+        with self._lock:
+            if self._cached is None or self._cached[0] != preview_id:
+                self._cached = (preview_id, previews.png_base64(previews.preview_image(latent)))  # type: ignore[arg-type]
+            return self._cached[1], preview_id
+
+
+def add_routes(router: APIRouter, state: AppState, run_job) -> None:
+    """txt2img, progress, interrupt and skip on ``router``."""
+    preview = PreviewCache(state)
+
+    @router.post("/txt2img", response_model=models.ImageResponse)
+    async def txt2img(request: models.Txt2ImgRequest) -> models.ImageResponse:
+        prepared = await run_in_threadpool(prepare_txt2img, state, request)
+        processed = await run_job(run_txt2img, state, prepared.params, task_id=request.force_task_id)
+        processed.comments.extend(prepared.comments)
+        if not request.override_settings_restore_afterwards:
+            for key, value in prepared.params.override_settings.items():
+                await run_job(state.opts.set, key, value)
+        images = None
+        if request.send_images:
+            images = [encode_png(image, text) for image, text in zip(processed.images, processed.infotexts)]
+        info = processed.info()
+        info.update(prompt=prepared.prompt, negative_prompt=prepared.negative_prompt, styles=list(request.styles or []))
+        return models.ImageResponse(images=images, parameters=request.model_dump(), info=json.dumps(info))
+
+    @router.get("/progress", response_model=models.ProgressResponse)
+    def progress(skip_current_image: bool = False) -> models.ProgressResponse:
+        job = state.job
+        value, eta = job.progress()
+        progress_state = models.ProgressState(
+            skipped=job.skipped, interrupted=job.interrupted, job=job.job, job_count=job.job_count,
+            job_timestamp=job.job_timestamp, job_no=job.job_no, sampling_step=job.sampling_step,
+            sampling_steps=job.sampling_steps)
+        image = None
+        if job.job_count and not skip_current_image:
+            image, _ = preview.get()
+        return models.ProgressResponse(progress=value, eta_relative=eta, state=progress_state,
+                                       current_image=image, textinfo=job.textinfo)
+
+    @router.post("/interrupt")
+    def interrupt() -> None:
+        state.job.interrupt()
+
+    @router.post("/skip")
+    def skip() -> None:
+        state.job.skip()
+
+
+def add_internal_routes(router: APIRouter, state: AppState) -> None:
+    """A1111's ``POST /internal/progress`` and ``GET /internal/pending-tasks``."""
+    preview = PreviewCache(state)
+
+    @router.post("/progress", response_model=models.InternalProgressResponse)
+    def internal_progress(request: models.InternalProgressRequest) -> models.InternalProgressResponse:
+        task = request.id_task or ""
+        running, place, waiting, finished = state.queue.status(task)
+        if not running:
+            textinfo = f"In queue: {place + 1}/{waiting}" if place is not None else "Waiting..."
+            return models.InternalProgressResponse(active=False, queued=place is not None, completed=finished,
+                                                   id_live_preview=-1, textinfo=textinfo)
+        job = state.job
+        value, eta = _a1111_ui_progress(job)
+        live, preview_id = None, request.id_live_preview
+        if request.live_preview and int(state.opts["show_progress_every_n_steps"]) > 0:
+            image, latest = preview.get()
+            if image is not None and latest != request.id_live_preview:
+                live, preview_id = f"data:image/png;base64,{image}", latest
+        return models.InternalProgressResponse(active=True, queued=False, completed=False, progress=value, eta=eta,
+                                               live_preview=live, id_live_preview=preview_id, textinfo=job.textinfo)
+
+    @router.get("/pending-tasks", response_model=models.PendingTasksResponse)
+    def pending_tasks() -> models.PendingTasksResponse:
+        waiting = state.queue.waiting
+        return models.PendingTasksResponse(size=len(waiting), tasks=waiting)
+
+
+def _a1111_ui_progress(job) -> tuple[float, float | None]:
+    """``/internal/progress``'s numbers: like /sdapi's but without the 0.01 head start, eta None at 0."""
+    job_count, job_no = job.job_count, job.job_no
+    steps, step, start = job.sampling_steps, job.sampling_step, job.time_start
+    value = 0.0
+    if job_count > 0:
+        value += job_no / job_count
+        if steps > 0:
+            value += step / steps / job_count
+    value = min(value, 1.0)
+    if start is None or value <= 0:
+        return value, None
+    elapsed = time.time() - start
+    return value, elapsed / value - elapsed

@@ -1,0 +1,240 @@
+"""A live webui.py (subprocess, real HTTP) with LoRA, hypernetwork, embedding and styles files, driven as A1111
+clients drive it: the unmodified PyPI client webuiapi, concurrent clients from threads, and progress polling."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+from conftest import install_checkpoint
+from modules import demo_model, infotext
+from test_api_server import Server, start_server, stop_server
+
+pytestmark = pytest.mark.slow
+SMALL = {"steps": 3, "width": 64, "height": 64, "sampler_name": "Euler a"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> Iterator[Server]:
+    import torch
+    from safetensors.torch import save_file
+
+    from modules import model_loading
+    from modules.hypernetworks.hypernetwork import Hypernetwork
+    from test_lora import kohya_state_dict
+
+    data = tmp_path_factory.mktemp("webui-compat")
+    folder = data / "models" / "Stable-diffusion"
+    install_checkpoint(tiny_checkpoint, folder)
+    demo_model.write_checkpoint(folder / "second.safetensors", seed=5)
+    pipe = model_loading.build_pipeline(model_loading.read_state_dict(tiny_checkpoint),
+                                        model_loading.read_sidecar_config(tiny_checkpoint), "tiny")
+    (data / "models" / "Lora").mkdir(parents=True)
+    save_file(kohya_state_dict(pipe, seed=1), str(data / "models" / "Lora" / "inkA.safetensors"),
+              metadata={"ss_output_name": "ink_style"})
+    save_file(kohya_state_dict(pipe, seed=2), str(data / "models" / "Lora" / "paperB.safetensors"))
+    del pipe
+    (data / "models" / "hypernetworks").mkdir(parents=True)
+    Hypernetwork.create("glow", [32]).save(data / "models" / "hypernetworks" / "glow.pt")
+    (data / "embeddings").mkdir()
+    torch.save({"string_to_param": {"*": torch.randn(2, 32)}, "step": 3}, data / "embeddings" / "shiny.pt")
+    (data / "styles.csv").write_text('name,prompt,negative_prompt\ncinema,"cinematic still, {prompt}",blurry\n'
+                                     'sharp,"sharp focus",\n', encoding="utf-8")
+    server = start_server(data, "--api", "--nowebui", "--ckpt", str(folder / "tiny.safetensors"))
+    yield server
+    stop_server(server)
+
+
+def post(server: Server, route: str, payload: dict, **kwargs) -> requests.Response:
+    return requests.post(server.api(route), json=payload, timeout=600, **kwargs)
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB")).astype(np.int16)
+
+
+def image_text(b64: str) -> str:
+    return infotext.read_from_image(Image.open(io.BytesIO(base64.b64decode(b64)))) or ""
+
+
+def test_webuiapi_client_against_the_live_server(server: Server) -> None:
+    import webuiapi
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]))
+    result = client.txt2img(prompt="a cat <lora:ink_style:0.8>", seed=11, **SMALL)
+    text = result.info["infotexts"][0]
+    assert "<lora:ink_style:0.8>" in text and 'Lora hashes: "ink_style: ' in text
+    assert [(x["name"], x["alias"]) for x in client.get_loras()] == [("inkA", "ink_style"), ("paperB", "paperB")]
+    assert [h["name"] for h in client.get_hypernetworks()] == ["glow"]
+    assert client.get_embeddings()["loaded"]["shiny"]["vectors"] == 2
+    assert {m["model_name"] for m in client.get_sd_models()} == {"tiny", "second"}
+    client.refresh_checkpoints()
+    client.util_set_model("second")
+    assert client.util_get_current_model().startswith("second.safetensors")
+    client.util_set_model("tiny")
+    assert client.get_prompt_styles() == [{"name": "cinema", "prompt": "cinematic still, {prompt}", "negative_prompt": "blurry"},
+                                          {"name": "sharp", "prompt": "sharp focus", "negative_prompt": ""}]
+    info = client.png_info(result.image)  # webuiapi sends a data: URL
+    assert info.info == text and info.json["parameters"]["Prompt"] == "a cat <lora:ink_style:0.8>"
+    assert client.interrupt() is None and client.skip() is None  # nothing running: no effect, no error
+    assert client.get_memory()["cuda"] == {"error": "unavailable"} or "system" in client.get_memory()["cuda"]
+    assert client.get_upscalers() == [] and client.get_scripts() == {"txt2img": [], "img2img": []}
+
+
+def test_memory_extensions_and_empty_lists(server: Server) -> None:
+    memory = requests.get(server.api("memory"), timeout=30).json()
+    assert memory["ram"]["used"] > 0 and memory["ram"]["total"] >= memory["ram"]["used"]
+    assert set(memory["cuda"]) in ({"error"}, {"system", "active", "allocated", "reserved", "inactive", "events"})
+    assert requests.get(server.api("extensions"), timeout=30).json() == [
+        {"name": "Lora", "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": 0, "enabled": True}]
+    for route in ("script-info", "upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models"):
+        assert requests.get(server.api(route), timeout=30).json() == [], route
+
+
+def test_styles_are_applied_first_and_show_in_the_infotext(server: Server) -> None:
+    body = post(server, "txt2img", {**SMALL, "prompt": "a cat", "negative_prompt": "ugly", "seed": 3,
+                                    "styles": ["cinema", "sharp"]}).json()
+    text = image_text(body["images"][0])
+    assert text.startswith("cinematic still, a cat, sharp focus\nNegative prompt: ugly, blurry\n")
+    info = json.loads(body["info"])
+    assert info["prompt"] == "a cat" and info["styles"] == ["cinema", "sharp"]
+    assert info["all_prompts"] == ["cinematic still, a cat, sharp focus"]
+    missing = post(server, "txt2img", {**SMALL, "prompt": "x", "styles": ["nope"]})
+    assert missing.status_code == 404 and "'cinema'" in missing.json()["detail"]
+
+
+def test_infotext_field_fills_only_what_the_request_did_not_set(server: Server) -> None:
+    pasted = "a dog <lora:paperB:0.5>\nNegative prompt: rain\nSteps: 2, Sampler: Euler, CFG scale: 5, Seed: 77, " \
+             "Size: 64x64, Clip skip: 2, Model hash: 0123456789"
+    body = post(server, "txt2img", {"infotext": pasted, "seed": 5, "steps": 3}).json()
+    fields = infotext.parse(image_text(body["images"][0]))
+    assert fields["Prompt"] == "a dog <lora:paperB:0.5>" and fields["Negative prompt"] == "rain"
+    assert fields["Seed"] == "5" and fields["Steps"] == "3"  # set by the request: kept
+    assert fields["Sampler"] == "Euler" and fields["CFG scale"] == "5.0" and fields["Size-1"] == "64"
+    assert fields["Clip skip"] == "2"  # an override setting from the infotext
+    assert body["parameters"]["override_settings"] == {"CLIP_stop_at_last_layers": 2}
+    assert requests.get(server.api("options"), timeout=30).json()["CLIP_stop_at_last_layers"] == 1  # restored
+
+
+def test_png_info_formats_and_lora_alias_fixup(server: Server) -> None:
+    made = post(server, "txt2img", {**SMALL, "prompt": "cat <lora:paperB:1>", "seed": 4}).json()
+    text = image_text(made["images"][0])
+    shorthash = text.split('Lora hashes: "paperB: ')[1][:12]
+    for image in (made["images"][0], "data:image/png;base64," + made["images"][0]):
+        body = post(server, "png-info", {"image": image}).json()
+        assert body["info"] == text and body["parameters"]["Seed"] == "4" and body["items"] == {}
+
+    # A file renamed since the image was made: the hash finds the local network (A1111's paste hook).
+    renamed = f'old <lora:oldname:0.5>\nSteps: 3, Sampler: Euler, Seed: 1, Lora hashes: "oldname: {shorthash}"'
+    jpeg = io.BytesIO()
+    Image.new("RGB", (16, 16)).save(jpeg, format="JPEG", exif=infotext.add_to_exif(renamed))
+    body = post(server, "png-info", {"image": base64.b64encode(jpeg.getvalue()).decode()}).json()
+    assert body["info"] == renamed and body["parameters"]["Prompt"] == "old <lora:paperB:0.5>"
+
+    plain = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(plain, format="PNG")
+    body = post(server, "png-info", {"image": base64.b64encode(plain.getvalue()).decode()}).json()
+    assert body["info"] == "" and body["parameters"]["Prompt"] == ""
+    for bad in ("", "!!!", base64.b64encode(b"not an image").decode(), "http://127.0.0.1:1/x.png"):
+        reply = post(server, "png-info", {"image": bad})
+        assert reply.status_code == 422 and {"error", "detail", "body", "errors"} <= reply.json().keys(), bad
+
+
+def test_concurrent_clients_with_different_loras_each_get_their_solo_result(server: Server) -> None:
+    requests_ = {
+        "ink": {**SMALL, "prompt": "a house <lora:inkA:1>", "seed": 21},
+        "paper": {**SMALL, "prompt": "a house <lora:paperB:0.7>", "seed": 22},
+        "both": {**SMALL, "prompt": "a house <lora:inkA:0.5> <lora:paperB:0.5>", "seed": 23},
+        "none": {**SMALL, "prompt": "a house", "seed": 21},
+    }
+    solo = {name: pixels(post(server, "txt2img", payload).json()["images"][0]) for name, payload in requests_.items()}
+    assert np.abs(solo["ink"] - solo["none"]).max() > 0  # the LoRA does change the image
+
+    order = ["ink", "paper", "none", "both", "paper", "ink", "both", "none"]
+    results: dict[int, np.ndarray] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(len(order))
+
+    def client(index: int, name: str) -> None:
+        try:
+            start.wait()
+            reply = post(server, "txt2img", requests_[name])
+            results[index] = pixels(reply.json()["images"][0])
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(i, n)) for i, n in enumerate(order)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=600)
+    assert not errors
+    for index, name in enumerate(order):
+        assert np.array_equal(results[index], solo[name]), f"request {index} ({name}) differs from its solo run"
+
+
+def internal_progress(server: Server, task: str, preview_id: int = -1) -> dict:
+    return requests.post(f"{server.url}/internal/progress", json={"id_task": task, "id_live_preview": preview_id},
+                         timeout=30).json()
+
+
+def wait_for(condition, timeout: float = 180.0, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("action", ["interrupt", "skip"])
+def test_queue_positions_live_preview_and_stop_only_the_running_job(server: Server, action: str) -> None:
+    waiting_payload = {**SMALL, "prompt": "a queued tree", "seed": 31, "force_task_id": f"waiting-{action}"}
+    solo = pixels(post(server, "txt2img", {k: v for k, v in waiting_payload.items() if k != "force_task_id"})
+                  .json()["images"][0])
+    replies: dict[str, requests.Response] = {}
+    long_id = f"long-{action}"
+    long_job = threading.Thread(target=lambda: replies.update(long=post(
+        server, "txt2img", {**SMALL, "prompt": "a long job", "seed": 30, "steps": 1000, "force_task_id": long_id})))
+    long_job.start()
+    wait_for(lambda: internal_progress(server, long_id)["active"], what="the long job to run")
+    queued = threading.Thread(target=lambda: replies.update(waiting=post(server, "txt2img", waiting_payload)))
+    queued.start()
+
+    place = wait_for(lambda: (p := internal_progress(server, f"waiting-{action}"))["queued"] and p, what="queued")
+    assert place["textinfo"] == "In queue: 1/1" and not place["active"]
+    assert requests.get(f"{server.url}/internal/pending-tasks", timeout=30).json() == {
+        "size": 1, "tasks": [f"waiting-{action}"]}
+    duplicate = post(server, "txt2img", {**SMALL, "prompt": "x", "force_task_id": f"waiting-{action}"})
+    assert duplicate.status_code == 409
+
+    progress = wait_for(lambda: (p := requests.get(server.api("progress"), timeout=30).json())["current_image"] and p,
+                        what="a live preview")  # every show_progress_every_n_steps (10) steps
+    preview = Image.open(io.BytesIO(base64.b64decode(progress["current_image"])))
+    assert preview.format == "PNG" and preview.size == (8, 8)  # the latent's size: 64 / 8
+    assert progress["state"]["job"] == "txt2img" and 0 < progress["progress"] < 1
+    assert requests.get(server.api("progress"), params={"skip_current_image": "true"},
+                        timeout=30).json()["current_image"] is None
+    live = internal_progress(server, long_id)
+    assert live["active"] and live["live_preview"].startswith("data:image/png;base64,") and live["id_live_preview"] >= 1
+    again = internal_progress(server, long_id, live["id_live_preview"])
+    assert again["live_preview"] is None or again["id_live_preview"] > live["id_live_preview"]
+
+    assert requests.post(server.api(action), timeout=30).status_code == 200
+    long_job.join(timeout=300)
+    queued.join(timeout=300)
+    assert replies["long"].status_code == 200 and replies["waiting"].status_code == 200
+    assert np.array_equal(pixels(replies["waiting"].json()["images"][0]), solo)  # the waiting job was untouched
+    done = internal_progress(server, long_id)
+    assert done["completed"] and not done["active"] and not done["queued"]
