@@ -14,6 +14,10 @@ Environment variables read (the ones A1111 users set in ``webui-user.sh`` / ``we
     Test requirements, installed only by ``run_tests.sh``. Default: ``requirements-test.txt``.
 ``XFORMERS_PACKAGE``
     What ``--xformers`` installs. Default: ``xformers==0.0.35``.
+``CHROMIUM_PATH``
+    The browser the browser tests drive. Default: ``/usr/bin/chromium``. When it is missing, ``run_tests.sh``
+    installs Debian's ``chromium`` package with ``APT_GET`` (default ``apt-get``) if it runs as root, and
+    otherwise says how to install it (the browser tests are skipped without it).
 
 A requirements file is installed only when its sha256 differs from the one recorded after its last successful
 install. The records live in ``<sys.prefix>/.webui-requirements.sha256`` (``sha256sum`` format), so they belong to
@@ -28,6 +32,7 @@ import importlib
 import importlib.util
 import logging
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -45,6 +50,7 @@ DEFAULT_TORCH_COMMAND = "pip install torch==2.13.0"
 DEFAULT_REQS_FILE = "requirements.txt"
 DEFAULT_TEST_REQS_FILE = "requirements-test.txt"
 DEFAULT_XFORMERS_PACKAGE = "xformers==0.0.35"
+DEFAULT_CHROMIUM_PATH = "/usr/bin/chromium"
 STAMP_FILE_NAME = ".webui-requirements.sha256"
 #: The file whose presence makes webui.sh / webui.bat start the program again (A1111's ``SD_WEBUI_RESTART``).
 RESTART_FILE = Path("tmp") / "restart"
@@ -296,9 +302,36 @@ def prepare_environment(args: argparse.Namespace, test: bool = False,
             no_deps_file = settings.test_reqs_file.with_name(settings.test_reqs_file.stem + "-nodeps.txt")
             if no_deps_file.is_file():
                 install_requirements(settings, no_deps_file, no_deps=True)
+            environ = os.environ if environ is None else environ
+            ensure_chromium(Path(environ.get("CHROMIUM_PATH") or DEFAULT_CHROMIUM_PATH),
+                            split_command(environ.get("APT_GET") or "apt-get"))
         if args.xformers:
             _ensure_xformers(args, settings)
     _check_cuda(args)
+
+
+def ensure_chromium(chromium: Path, apt_get: Sequence[str] = ("apt-get",), is_root: bool | None = None) -> bool:
+    """Install Debian's ``chromium`` for the browser tests when ``chromium`` is missing; returns whether it exists.
+
+    Only as root (``apt-get`` needs it) and only where ``apt_get`` is found; otherwise, or when apt fails, a
+    warning says how to install it and the browser tests skip themselves. Playwright never downloads a browser.
+    """
+    if chromium.exists():
+        return True
+    if is_root is None:
+        is_root = hasattr(os, "geteuid") and os.geteuid() == 0
+    how = "install Debian's chromium (apt-get install chromium) or set CHROMIUM_PATH; browser tests are skipped"
+    if not is_root or shutil.which(apt_get[0]) is None:
+        log.warning("%s not found: %s", chromium, how)
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for step in (["update"], ["install", "-y", "chromium"]):
+        command = [*apt_get, *step]
+        log.info("installing chromium for the browser tests: %s", subprocess.list2cmdline(command))
+        if subprocess.run(command, env=env, check=False).returncode != 0:
+            log.warning("%s failed: %s", subprocess.list2cmdline(command), how)
+            return False
+    return chromium.exists()
 
 
 def run_tests(pytest_args: Sequence[str], environ: Mapping[str, str] | None = None) -> int:

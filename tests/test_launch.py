@@ -25,13 +25,15 @@ LAUNCH = REPO / "launch.py"
 
 #: Settings a developer may have exported; each test starts without them.
 USER_VARIABLES = ("COMMANDLINE_ARGS", "TORCH_COMMAND", "REQS_FILE", "TEST_REQS_FILE", "XFORMERS_PACKAGE",
-                  "LAUNCH_SCRIPT", "venv_dir", "python_cmd", "VIRTUAL_ENV", "PYTHONPATH", "SD_WEBUI_RESTART")
+                  "LAUNCH_SCRIPT", "venv_dir", "python_cmd", "VIRTUAL_ENV", "PYTHONPATH", "SD_WEBUI_RESTART",
+                  "CHROMIUM_PATH", "APT_GET")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
     """The current environment without the user's launch settings, offline for pip, plus ``extra``."""
     env = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES}
     env["PIP_NO_INDEX"] = "1"
+    env["CHROMIUM_PATH"] = sys.executable  # "there": --run-tests never runs apt-get unless a test asks for it
     env.update(extra)
     return env
 
@@ -335,3 +337,78 @@ def test_run_tests_installs_test_requirements_and_fails_on_no_tests(tmp_path: Pa
     assert nothing.returncode == 5
     assert "collected no tests" in nothing.stderr
     assert "installing" not in nothing.stderr  # both files were recorded by the first run
+
+
+# --- the browser for the browser tests (run_tests.sh installs Debian's chromium when it is missing) ---------------
+
+
+def fake_apt(tmp_path: Path, chromium: Path, fail_on: str = "") -> tuple[Path, Path]:
+    """An ``apt-get`` stand-in that records its arguments and environment; ``install`` creates ``chromium``."""
+    calls = tmp_path / "apt-calls.txt"
+    script = tmp_path / "fake-apt-get"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$* DEBIAN_FRONTEND=$DEBIAN_FRONTEND" >> "{calls}"\n'
+        f'[ "$1" = "{fail_on}" ] && exit 100\n'
+        f'[ "$1" = install ] && touch "{chromium}"\n'
+        "exit 0\n")
+    script.chmod(0o755)
+    return script, calls
+
+
+def test_chromium_present_means_no_apt(tmp_path: Path) -> None:
+    from modules import launch_utils
+
+    browser = tmp_path / "chromium"
+    browser.touch()
+    script, calls = fake_apt(tmp_path, browser)
+    assert launch_utils.ensure_chromium(browser, [str(script)], is_root=True)
+    assert not calls.exists()
+
+
+def test_chromium_is_installed_with_apt_as_root(tmp_path: Path) -> None:
+    from modules import launch_utils
+
+    browser = tmp_path / "chromium"
+    script, calls = fake_apt(tmp_path, browser)
+    assert launch_utils.ensure_chromium(browser, [str(script)], is_root=True)
+    assert calls.read_text().splitlines() == ["update DEBIAN_FRONTEND=noninteractive",
+                                              "install -y chromium DEBIAN_FRONTEND=noninteractive"]
+
+
+def test_chromium_missing_without_root_or_with_failing_apt_is_a_warning(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    from modules import launch_utils
+
+    browser = tmp_path / "chromium"
+    script, calls = fake_apt(tmp_path, browser, fail_on="update")
+    assert not launch_utils.ensure_chromium(browser, [str(script)], is_root=False)
+    assert not calls.exists() and "apt-get install chromium" in caplog.text
+    caplog.clear()
+    assert not launch_utils.ensure_chromium(browser, [str(script)], is_root=True)
+    assert calls.read_text().splitlines() == ["update DEBIAN_FRONTEND=noninteractive"]
+    assert "failed" in caplog.text and not browser.exists()
+    assert not launch_utils.ensure_chromium(browser, [str(tmp_path / "no-such-apt")], is_root=True)
+
+
+@pytest.mark.slow
+def test_run_tests_installs_chromium_when_missing(tmp_path: Path, venv_python: Path) -> None:
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "test_it.py").write_text("def test_ok():\n    pass\n")
+    browser = tmp_path / "chromium"
+    script, calls = fake_apt(tmp_path, browser)
+    (tmp_path / "empty-reqs.txt").write_text("")
+    env = clean_env(REQS_FILE=str(tmp_path / "empty-reqs.txt"), TEST_REQS_FILE=str(tmp_path / "empty-reqs.txt"),
+                    COMMANDLINE_ARGS="--skip-torch-cuda-test", CHROMIUM_PATH=str(browser), APT_GET=str(script))
+    result = launch(venv_python, "--run-tests", str(suite), "--rootdir", str(suite), "-p", "no:cacheprovider",
+                    env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    if os.geteuid() == 0:
+        assert browser.exists() and "install -y chromium" in calls.read_text()
+    else:
+        assert not calls.exists() and "apt-get install chromium" in result.stderr
+    skipped = launch(venv_python, "--run-tests", str(suite), "--rootdir", str(suite), "-p", "no:cacheprovider",
+                     env={**env, "COMMANDLINE_ARGS": "--skip-torch-cuda-test --skip-install",
+                          "CHROMIUM_PATH": str(tmp_path / "gone")}, cwd=tmp_path)
+    assert skipped.returncode == 0 and "chromium" not in skipped.stderr  # --skip-install: no apt, no warning

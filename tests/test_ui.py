@@ -1,37 +1,170 @@
-"""The first Gradio txt2img page, driven over its real HTTP API with gradio's own client."""
+"""The page's handlers without a browser: infotext pasting, settings, progress, results, and the page over HTTP.
+
+The browser-driven checks (keyboard, clicks, reloads) are in test_browser_ui.py; here the same handlers are called
+directly on an :class:`AppState` over the tiny model, and once through the running server with gradio's client.
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import gradio as gr
 import pytest
 from PIL import Image
 
 from conftest import install_checkpoint
 from modules import infotext
-from test_api_server import start_server, stop_server
+from modules.processing_params import GenerationParams
+from modules.ui import common, png_info, progress, results, settings, style_editor, txt2img
 
-pytestmark = pytest.mark.slow
+FULL = ("a blue square, (soft:1.2)\nNegative prompt: blurry\nSteps: 6, Sampler: Euler, Schedule type: Exponential, "
+        "CFG scale: 5.5, Seed: 31337, Size: 72x64, Model hash: {hash}, Model: tiny, Variation seed: 17, "
+        "Variation seed strength: 0.25, Clip skip: 2, RNG: CPU, ENSD: 31337, Emphasis: No norm, Version: v1.10.1")
 
 
-def test_generate_from_the_page(tmp_path: Path, tiny_checkpoint: Path) -> None:
+def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
+    state = make_state()
+    tiny = state.models.checkpoints[0]
+    paste = png_info.paste_values(state, FULL.format(hash=tiny.shorthash))
+    assert paste.values == {"prompt": "a blue square, (soft:1.2)", "negative": "blurry", "steps": 6, "cfg_scale": 5.5,
+                            "seed": 31337, "width": 72, "height": 64, "subseed": 17, "subseed_strength": 0.25,
+                            "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential"}
+    assert paste.checkpoint == tiny
+    assert sorted(paste.overrides) == ["ENSD: 31337", "Emphasis: No norm", "RNG: CPU"]
+    assert not paste.warnings
+    assert png_info.parse_overrides(paste.overrides) == {"randn_source": "CPU", "eta_noise_seed_delta": 31337,
+                                                         "emphasis": "No norm"}
+
+
+def test_paste_of_old_and_foreign_infotexts(make_state) -> None:
+    state = make_state()
+    old = png_info.paste_values(state, "cat\nSteps: 20, Sampler: DPM++ 2M Karras, CFG scale: 7, Seed: 1, Size: 512x768, "
+                                       "Model hash: 0123456789, Model: elsewhere, RNG: GPU")
+    assert old.values["sampler"] == "DPM++ 2M" and old.values["schedule"] == "Karras"  # pre-1.9 combined name
+    assert old.values["clip_skip"] == 1 and old.values["height"] == 768  # A1111's implied Clip skip: 1
+    assert old.checkpoint is None and any("elsewhere" in w for w in old.warnings)
+    assert old.overrides == []  # RNG: GPU is the current setting: nothing to override
+    odd = png_info.paste_values(state, "x\nSteps: 3, Sampler: Nonesuch, Seed: 2, Size: 64x64, Emphasis: Loud")
+    assert "sampler" not in odd.values and len(odd.warnings) == 2
+    with pytest.raises(ValueError, match="known setting"):
+        png_info.parse_overrides(["Nonsense: 3"])
+
+
+def test_clamp_keeps_slider_values_in_range() -> None:
+    slider = gr.Slider(1, 150, step=1)
+    assert common.clamp(slider, 400) == 150 and common.clamp(slider, 0) == 1 and common.clamp(slider, 20) == 20
+    assert common.clamp(gr.Textbox(), "x") == "x"
+
+
+def test_build_params_merges_styles_and_overrides(make_state) -> None:
+    state = make_state(load=False)
+    (state.paths.data_dir / "styles.csv").write_text("name,prompt,negative_prompt\nvivid,\"{prompt}, vivid\",dull\n")
+    params = txt2img.build_params(state, "a cat", "", ["vivid"], "Euler a", "Automatic", 20, 512, 512, 1, 1, 7.0, -1,
+                                  -1, 0.0, 1, ["RNG: CPU"])
+    assert params.prompt == "a cat, vivid" and params.negative_prompt == "dull"
+    assert params.cfg_scale == 7 and isinstance(params.cfg_scale, int)  # "CFG scale: 7", as A1111's page writes
+    assert params.override_settings == {"randn_source": "CPU"}
+    with pytest.raises(gr.Error, match="multiple of 8"):
+        txt2img.build_params(state, "a", "", [], "Euler a", "Automatic", 20, 68, 512, 1, 1, 7, -1, -1, 0, 1, [])
+    with pytest.raises(gr.Error, match="style 'gone' not found"):
+        style_editor.apply_selected(state, "a", "", ["gone"])
+
+
+def test_settings_apply_validates_everything_then_saves(make_state) -> None:
+    state = make_state(load=False)
+    values = dict(zip(settings.keys(), settings.current_values(state)))
+    assert "sd_model_checkpoint" not in values and "extra_networks_default_multiplier" in values
+    message = settings.apply(state, {**values, "show_progress_every_n_steps": 5.0, "lora_in_memory_limit": 2})
+    assert message == "2 settings changed: show_progress_every_n_steps, lora_in_memory_limit."
+    saved = json.loads(state.paths.settings_file.read_text())
+    assert saved["show_progress_every_n_steps"] == 5 and saved["lora_in_memory_limit"] == 2
+    with pytest.raises(gr.Error, match="Emphasis mode"):
+        settings.apply(state, {**values, "show_progress_every_n_steps": 7, "emphasis": "Loud"})
+    assert state.opts["show_progress_every_n_steps"] == 5  # nothing was changed
+    assert settings.apply(state, dict(zip(settings.keys(), settings.current_values(state)))) == "0 settings changed."
+    assert {k: settings.sections()[k][0] for k in ("sd", "ui")} == {"sd": "sd_checkpoints_limit",
+                                                                      "ui": "show_progress_every_n_steps"}
+
+
+def test_settings_refuse_writes_when_frozen(make_state) -> None:
+    state = make_state("--freeze-settings", load=False)
+    values = dict(zip(settings.keys(), settings.current_values(state)))
+    with pytest.raises(gr.Error, match="frozen"):
+        settings.apply(state, {**values, "show_progress_every_n_steps": 3})
+    assert not state.paths.settings_file.exists()
+    assert isinstance(settings.control("x", settings.options.OPTIONS["emphasis"], "Original", False), gr.Dropdown)
+
+
+def test_progress_bar_text() -> None:
+    assert [progress.format_eta(s) for s in (4.4, 65, 3723)] == ["4s", "1m 05s", "1h 02m 03s"]
+    running = progress.Snapshot(True, None, 0, 0.25, 12, "Batch 1/2, step 5/20")
+    html = progress.render(running, "data:image/jpeg;base64,AAAA")
+    assert "25% ETA: 12s · Batch 1/2, step 5/20" in html and 'width:25%' in html and "webui-live-preview" in html
+    waiting = progress.render(progress.Snapshot(False, 1, 2, 0, 0, ""), None, "step <3>/20")
+    assert "In queue: 2 jobs ahead of this one (running: step &lt;3&gt;/20)" in waiting
+
+
+def test_follow_reports_queue_place_progress_and_preview(make_state) -> None:
+    import threading
+
+    state = make_state()
+    release = threading.Event()
+    first_id, first = state.queue.submit(release.wait, 30)
+    job = GenerationParams(prompt="x", steps=40, width=64, height=64, save_images=False)
+    second_id, second = state.queue.submit(__import__("modules.processing").processing.process, state, job)
+    frames = progress.follow(state, second_id, second, poll=0.02)
+    assert "In queue: 1 job ahead" in next(frames)
+    release.set()
+    seen = list(frames)
+    assert second.result().images and first.result() is True
+    assert any("ETA" in f for f in seen) and any("webui-live-preview" in f for f in seen)  # every 10 steps
+
+
+def test_gallery_files_keep_the_infotext_and_the_saved_bytes(make_state) -> None:
+    from modules import processing
+
+    state = make_state()
+    params = GenerationParams(prompt="two", steps=2, width=64, height=64, batch_size=2, seed=5)
+    processed = state.queue.run(processing.process, state, params)
+    paths = results.gallery_files(processed)
+    assert [Path(p).name for p in paths] == ["grid-0000.png", "00000-5.png", "00001-6.png"]
+    assert Path(paths[1]).read_bytes() == processed.saved_paths[0].read_bytes()
+    for path, text in zip(paths, processed.infotexts):
+        with Image.open(path) as image:
+            assert infotext.read_from_image(image) == text
+    unsaved = state.queue.run(processing.process, state, GenerationParams(prompt="one", steps=2, width=64, height=64,
+                                                                          seed=9, save_images=False))
+    with Image.open(results.gallery_files(unsaved)[0]) as image:
+        assert infotext.parse(infotext.read_from_image(image))["Seed"] == "9"
+    info = results.GenerationInfo.of(processed)
+    assert info.seed_of(None) == 5 and info.seed_of(0) == 5 and info.seed_of(2) == 6
+    assert results.GenerationInfo.from_dict(info.as_dict()) == info
+    assert results.GenerationInfo().seed_of(1) == -1 and info.infotext_of(2) == processed.infotexts[2]
+
+
+@pytest.mark.slow
+def test_generate_from_the_page_over_http(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from gradio_client import Client
+
+    from test_api_server import start_server, stop_server
 
     install_checkpoint(tiny_checkpoint, tmp_path / "data" / "models" / "Stable-diffusion")
     server = start_server(tmp_path / "data")
     try:
         client = Client(server.url + "/", verbose=False)
-        gallery, info = client.predict(  # the seeds go to a gr.State, which the HTTP API does not return
-            "a green triangle", "", "Euler a", "Automatic", 3, 64, 64, 1, 2, 7.0, 77, -1, 0.0, 1, api_name="/run")
-        assert len(gallery) == 3  # grid + two images
+        gallery, info, bar = client.predict(  # gr.State outputs are not returned over HTTP
+            "a green triangle", "", [], "Euler a", "Automatic", 3, 64, 64, 1, 2, 7, 77, -1, 0.0, 1, [],
+            api_name="/txt2img")
+        assert len(gallery) == 3 and bar == ""  # grid + two images; the progress bar is gone
         with Image.open(gallery[1]["image"]) as first:
             assert first.size == (64, 64)
-        assert "Seed: 77" in info and "Sampler: Euler a" in info and "Model: tiny" in info
+            assert infotext.read_from_image(first) == info.split("\n\n")[0]
+        assert "Seed: 77" in info and "Sampler: Euler a" in info and "Model: tiny" in info and "CFG scale: 7," in info
         saved = sorted((tmp_path / "data" / "outputs" / "txt2img-images").rglob("*.png"))
-        assert [p.name for p in saved] == ["00000-77.png", "00001-78.png"]  # the UI saves, as A1111's does
-        with Image.open(saved[0]) as image:
-            assert infotext.parse(infotext.read_from_image(image))["Seed"] == "77"
+        assert [p.name for p in saved] == ["00000-77.png", "00001-78.png"]  # the page saves, as A1111's does
         with pytest.raises(Exception, match="multiple of 8"):
-            client.predict("x", "", "Euler a", "Automatic", 3, 68, 64, 1, 1, 7.0, 1, -1, 0.0, 1, api_name="/run")
+            client.predict("x", "", [], "Euler a", "Automatic", 3, 68, 64, 1, 1, 7, 1, -1, 0.0, 1, [],
+                           api_name="/txt2img")
     finally:
         stop_server(server)

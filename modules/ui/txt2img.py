@@ -1,163 +1,239 @@
-"""The first txt2img page (Gradio 6 Blocks): A1111's controls, in A1111's places.
+"""The page (Gradio 6 Blocks): quicksettings, the txt2img tab in A1111 1.10's layout, PNG Info and Settings.
 
 No business logic here: handlers build :class:`GenerationParams` and submit :func:`processing.process` to the
-job queue, or change a setting through the queue (the checkpoint switch).
+job queue shared with the API, follow it with :mod:`modules.ui.progress`, or change a setting through the queue
+(the checkpoint switch). The other tabs live in their own modules; this one wires them together.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import conditioning, processing, prompt_encoder, samplers
+from modules import processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
+from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
 
 logger = logging.getLogger(__name__)
 
-VAE_CHOICES_FIXED = ["Automatic", "None"]
+# the controls "Send to txt2img" can fill, by the names png_info.PASTE_FIELDS uses
+PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", "height", "batch_size", "cfg_scale",
+                 "seed", "subseed", "subseed_strength", "clip_skip")
+
+
+@dataclass
+class Txt2ImgControls:
+    prompt: gr.Textbox
+    negative: gr.Textbox
+    styles: style_editor.StyleControls
+    sampler: gr.Dropdown
+    schedule: gr.Dropdown
+    steps: gr.Slider
+    width: gr.Slider
+    height: gr.Slider
+    batch_count: gr.Slider
+    batch_size: gr.Slider
+    cfg_scale: gr.Slider
+    seed: gr.Number
+    subseed: gr.Number
+    subseed_strength: gr.Slider
+    clip_skip: gr.Slider
+    overrides: gr.Dropdown
+
+    def job_inputs(self) -> list[gr.components.Component]:
+        """The inputs of :func:`build_params`, in its argument order."""
+        return [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
+                self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed, self.subseed,
+                self.subseed_strength, self.clip_skip, self.overrides]
+
+    def paste_targets(self) -> dict[str, gr.components.Component]:
+        return {name: getattr(self, name) for name in PASTE_TARGETS}
 
 
 def create_ui(state: AppState) -> gr.Blocks:
-    """Build (not launch) the txt2img page for ``state``."""
+    """Build (not launch) the page for ``state``."""
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
-        notice = gr.Markdown(_notices(state), visible=bool(state.notices), elem_id="notices")
+        notice = gr.Markdown(common.notices(state), visible=bool(state.notices), elem_id="notices")
         with gr.Row(elem_id="quicksettings"):
-            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=_checkpoint_titles(state),
-                                     value=_current_title(state), elem_id="setting_sd_model_checkpoint")
+            checkpoint = gr.Dropdown(label="Stable Diffusion checkpoint", choices=common.checkpoint_titles(state),
+                                     value=common.current_title(state), elem_id="setting_sd_model_checkpoint",
+                                     interactive=not common.frozen(state))
             refresh = gr.Button("🔄", elem_id="refresh_sd_model_checkpoint", scale=0, min_width=40)
-            vae = gr.Dropdown(label="SD VAE", choices=_vae_choices(state), value=str(state.opts["sd_vae"]),
-                              elem_id="setting_sd_vae")
-        with gr.Tab("txt2img", id="txt2img"):
-            with gr.Row():
-                with gr.Column(scale=4):
-                    prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
-                                        placeholder="Prompt (press Ctrl+Enter to generate)")
-                    prompt_count = gr.Markdown("0/75", elem_id="txt2img_token_counter")
-                    negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt")
-                    negative_count = gr.Markdown("0/75", elem_id="txt2img_negative_token_counter")
-                with gr.Column(scale=1, min_width=160):
-                    generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
-                    with gr.Row():
-                        interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
-                        skip = gr.Button("Skip", elem_id="txt2img_skip")
-            with gr.Row():
-                with gr.Column():
-                    with gr.Row():
-                        sampler = gr.Dropdown(label="Sampling method", elem_id="txt2img_sampling",
-                                              choices=[s.name for s in samplers.SAMPLERS], value="DPM++ 2M")
-                        schedule = gr.Dropdown(label="Schedule type", elem_id="txt2img_scheduler",
-                                               choices=list(samplers.SCHEDULE_NAMES.values()), value="Automatic")
-                        steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-                    with gr.Row():
-                        with gr.Column():
-                            width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                            height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                        swap = gr.Button("⇅", elem_id="txt2img_res_switch_btn", scale=0, min_width=40)
-                        with gr.Column():
-                            batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count",
-                                                    elem_id="txt2img_batch_count")
-                            batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size",
-                                                   elem_id="txt2img_batch_size")
-                    cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-                    with gr.Row():
-                        seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="txt2img_seed")
-                        random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                        reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
-                    with gr.Accordion("Extra", open=False):
-                        subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id="txt2img_subseed")
-                        subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
-                                                     elem_id="txt2img_subseed_strength")
-                        clip_skip = gr.Slider(1, 12, value=int(state.opts["CLIP_stop_at_last_layers"]), step=1,
-                                              label="Clip skip", elem_id="txt2img_clip_skip")
-                with gr.Column():
-                    gallery = gr.Gallery(label="Output", columns=4, height="auto", buttons=["download"],
-                                         elem_id="txt2img_gallery", format="png")
-                    info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="html_info_txt2img")
-                    seeds_state = gr.State([])
+            vae = gr.Dropdown(label="SD VAE", choices=common.vae_choices(state), value=str(state.opts["sd_vae"]),
+                              elem_id="setting_sd_vae", interactive=not common.frozen(state))
+        js_options = gr.JSON(assets.js_options(state.opts), visible=False, elem_id="webui_js_options")
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
+                controls, progress_html = _txt2img_tab(state, checkpoint)
+            with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
+                parameters, send = png_info.create_tab(state)
+            with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
+                setting_controls, submit, _ = settings.create_tab(state)
 
-        def run(*values):
-            params = GenerationParams(
-                prompt=values[0], negative_prompt=values[1], sampler_name=values[2], scheduler=values[3],
-                steps=int(values[4]), width=int(values[5]), height=int(values[6]), n_iter=int(values[7]),
-                batch_size=int(values[8]), cfg_scale=float(values[9]), seed=int(values[10]),
-                subseed=int(values[11]), subseed_strength=float(values[12]), clip_skip=int(values[13]))
-            try:
-                processed = state.queue.run(processing.process, state, params)
-            except (ValueError, LookupError, RuntimeError) as e:
-                raise gr.Error(str(e)) from e
-            first = processed.index_of_first_image
-            text = processed.infotexts[first] if processed.infotexts else ""
-            if processed.comments:
-                text += "\n\n" + "\n".join(processed.comments)
-            return list(zip(processed.images, processed.infotexts)), text, processed.all_seeds
+        png_info.wire_send(state, send, parameters, controls.paste_targets(), checkpoint, controls.overrides, tabs)
+        submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
+                     api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
+        _wire_quicksettings(state, checkpoint, vae, refresh)
 
-        inputs = [prompt, negative, sampler, schedule, steps, width, height, batch_count, batch_size, cfg_scale,
-                  seed, subseed, subseed_strength, clip_skip]
-        generate.click(run, inputs=inputs, outputs=[gallery, info, seeds_state], concurrency_limit=None)
-        prompt.submit(run, inputs=inputs, outputs=[gallery, info, seeds_state], concurrency_limit=None)
-        interrupt.click(lambda: state.job.interrupt(), queue=False)
-        skip.click(lambda: state.job.skip(), queue=False)
-        swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False)
-        random_seed.click(lambda: -1, outputs=seed, queue=False)
-        reuse_seed.click(lambda seeds: seeds[0] if seeds else -1, inputs=seeds_state, outputs=seed, queue=False)
-        prompt.change(lambda text, n: _count(state, text, n, True), inputs=[prompt, steps], outputs=prompt_count,
-                      queue=False)
-        negative.change(lambda text, n: _count(state, text, n, False), inputs=[negative, steps],
-                        outputs=negative_count, queue=False)
+        def on_load():
+            return (gr.update(value=common.notices(state), visible=bool(state.notices)),
+                    gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state)),
+                    gr.update(choices=common.vae_choices(state), value=str(state.opts["sd_vae"])),
+                    assets.js_options(state.opts), *settings.current_values(state))
 
-        def switch_checkpoint(title: str):
-            try:
-                state.queue.run(state.opts.set, "sd_model_checkpoint", title)
-                state.opts.save()
-            except (ValueError, LookupError, PermissionError) as e:
-                raise gr.Error(str(e)) from e
-            return gr.update(choices=_checkpoint_titles(state), value=_current_title(state))
+        demo.load(None, js=assets.load_js())
+        demo.load(on_load, outputs=[notice, checkpoint, vae, js_options, *setting_controls.values()],
+                  api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
 
-        def switch_vae(name: str) -> None:
-            try:
-                state.queue.run(state.opts.set, "sd_vae", name)
-                state.opts.save()
-            except (ValueError, PermissionError) as e:
-                raise gr.Error(str(e)) from e
+        def watch_running():  # a page opened while another page's or the API's job runs shows that job
+            yield from progress.watch_running(state)
 
-        def refresh_lists():
-            state.models.refresh()
-            return (gr.update(choices=_checkpoint_titles(state), value=_current_title(state)),
-                    gr.update(choices=_vae_choices(state)))
-
-        checkpoint.input(switch_checkpoint, inputs=checkpoint, outputs=checkpoint)
-        vae.input(switch_vae, inputs=vae)
-        refresh.click(refresh_lists, outputs=[checkpoint, vae])
-        demo.load(lambda: gr.update(value=_notices(state), visible=bool(state.notices)), outputs=notice)
+        demo.load(watch_running, outputs=progress_html, show_progress="hidden", api_visibility="private")
     return demo
 
 
-def _notices(state: AppState) -> str:
-    return "\n\n".join(f"⚠️ {n}" for n in state.notices)
+def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgControls, gr.HTML]:
+    with gr.Row(elem_id="txt2img_toprow"):
+        with gr.Column(scale=6):
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+                                placeholder="Prompt (press Ctrl+Enter to generate, Alt+Enter to skip)")
+            prompt_count = gr.Markdown("0/75", elem_id="txt2img_token_counter", elem_classes="webui-token-counter")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt",
+                                  placeholder="Negative prompt (press Ctrl+Enter to generate)")
+            negative_count = gr.Markdown("0/75", elem_id="txt2img_negative_token_counter",
+                                         elem_classes="webui-token-counter")
+        with gr.Column(scale=2, min_width=200):
+            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
+                skip = gr.Button("Skip", elem_id="txt2img_skip")
+            style_controls = style_editor.create_row(state)
+    extra_networks_panel.create_panel(state, prompt, negative, checkpoint)
+    with gr.Row(equal_height=False):
+        with gr.Column(elem_id="txt2img_settings"):
+            with gr.Row():
+                sampler = gr.Dropdown(label="Sampling method", elem_id="txt2img_sampling",
+                                      choices=[s.name for s in samplers.SAMPLERS], value="DPM++ 2M")
+                schedule = gr.Dropdown(label="Schedule type", elem_id="txt2img_scheduler",
+                                       choices=list(samplers.SCHEDULE_NAMES.values()), value="Automatic")
+            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            with gr.Row():
+                with gr.Column(scale=4):
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
+                swap = gr.Button("⇅", elem_id="txt2img_res_switch_btn", scale=0, min_width=40)
+                with gr.Column(scale=2):
+                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
+            cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
+            with gr.Row(elem_id="txt2img_seed_row"):
+                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="txt2img_seed", scale=4)
+                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
+                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
+            with gr.Row(elem_id="txt2img_subseed_row"):
+                subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id="txt2img_subseed", scale=4)
+                random_subseed = gr.Button("🎲", elem_id="txt2img_random_subseed", scale=0, min_width=40)
+                reuse_subseed = gr.Button("♻️", elem_id="txt2img_reuse_subseed", scale=0, min_width=40)
+                subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
+                                             elem_id="txt2img_subseed_strength", scale=4)
+            clip_skip = gr.Slider(1, 12, value=int(state.opts["CLIP_stop_at_last_layers"]), step=1, label="Clip skip",
+                                  elem_id="txt2img_clip_skip")
+            overrides = gr.Dropdown(label="Override settings", choices=[], value=[], multiselect=True,
+                                    allow_custom_value=True, visible=False, elem_id="txt2img_override_settings")
+            style_editor.create_editor(state, prompt, negative, style_controls)
+        with gr.Column(elem_id="txt2img_results"):
+            progress_html = gr.HTML("", elem_id="txt2img_progress")
+            gallery = gr.Gallery(label="Output", columns=4, height="auto", buttons=["download", "fullscreen"],
+                                 elem_id="txt2img_gallery", format="png", interactive=False)
+            info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="html_info_txt2img")
+            generation_info = gr.State({})
+            selected = gr.State(None)
+
+    controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
+                               batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides)
+
+    def run(*values):
+        params = build_params(state, *values)
+        job_id, future = state.queue.submit(processing.process, state, params)
+        logger.debug("txt2img job %s queued", job_id)
+        for html_text in progress.follow(state, job_id, future):
+            yield gr.skip(), gr.skip(), html_text, gr.skip(), gr.skip()
+        try:
+            processed = future.result()
+        except Exception as e:  # the page shows every failure; the server keeps serving
+            yield gr.skip(), gr.skip(), "", gr.skip(), gr.skip()
+            message = str(e) if isinstance(e, (ValueError, LookupError, RuntimeError)) else f"{type(e).__name__}: {e}"
+            raise gr.Error(message) from e
+        text = processed.infotexts[processed.index_of_first_image] if processed.infotexts else ""
+        if processed.comments:
+            text += "\n\n" + "\n".join(processed.comments)
+        yield (results.gallery_files(processed), text, "", results.GenerationInfo.of(processed).as_dict(), None)
+
+    outputs = [gallery, info, progress_html, generation_info, selected]
+    generate.click(run, inputs=controls.job_inputs(), outputs=outputs, concurrency_limit=None,
+                   show_progress="hidden", api_name="txt2img")
+    interrupt.click(lambda: state.job.interrupt(), queue=False, api_visibility="private")
+    skip.click(lambda: state.job.skip(), queue=False, api_visibility="private")
+    swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
+               api_visibility="private")
+    random_seed.click(lambda: -1, outputs=seed, queue=False, api_visibility="private")
+    random_subseed.click(lambda: -1, outputs=subseed, queue=False, api_visibility="private")
+    reuse_seed.click(lambda data, index: results.GenerationInfo.from_dict(data).seed_of(index),
+                     inputs=[generation_info, selected], outputs=seed, queue=False, api_visibility="private")
+    reuse_subseed.click(lambda data, index: results.GenerationInfo.from_dict(data).seed_of(index, sub=True),
+                        inputs=[generation_info, selected], outputs=subseed, queue=False, api_visibility="private")
+
+    def select_image(data: dict, event: gr.SelectData):
+        generation = results.GenerationInfo.from_dict(data)
+        return generation.infotext_of(event.index), event.index
+
+    gallery.select(select_image, inputs=generation_info, outputs=[info, selected], queue=False,
+                   api_visibility="private")
+    for box, counter, positive in ((prompt, prompt_count, True), (negative, negative_count, False)):
+        box.change(lambda text, n, p=positive: common.token_count(state, text, n, p), inputs=[box, steps],
+                   outputs=counter, queue=False, trigger_mode="always_last", show_progress="hidden",
+                   api_visibility="private")
+    style_editor.wire_apply(state, style_controls, prompt, negative)
+    return controls, progress_html
 
 
-def _checkpoint_titles(state: AppState) -> list[str]:
-    return [i.title for i in state.models.checkpoints]
+def build_params(state: AppState, prompt: str, negative: str, styles: list[str] | None, sampler: str, schedule: str,
+                 steps: float, width: float, height: float, batch_count: float, batch_size: float, cfg_scale: float,
+                 seed: float, subseed: float, subseed_strength: float, clip_skip: float,
+                 overrides: list[str] | None) -> GenerationParams:
+    """The job the controls describe (styles merged into the prompts), validated; ``gr.Error`` names a bad field."""
+    prompt, negative = style_editor.apply_selected(state, prompt or "", negative or "", styles)
+    try:
+        params = GenerationParams(
+            prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=schedule, steps=int(steps),
+            width=int(width), height=int(height), n_iter=int(batch_count), batch_size=int(batch_size),
+            cfg_scale=_number(cfg_scale), seed=int(seed if seed is not None else -1),
+            subseed=int(subseed if subseed is not None else -1), subseed_strength=float(subseed_strength),
+            clip_skip=int(clip_skip), override_settings=png_info.parse_overrides(overrides))
+        return params.validate()
+    except (ValueError, LookupError) as e:
+        raise gr.Error(str(e)) from e
 
 
-def _current_title(state: AppState) -> str | None:
-    current = state.models.current
-    return current.info.title if current else None
+def _number(value: float) -> float | int:
+    """A whole slider value as an int: A1111's page sends 7 for CFG 7, so its infotext says ``CFG scale: 7``."""
+    value = float(value)
+    return int(value) if value.is_integer() else value
 
 
-def _vae_choices(state: AppState) -> list[str]:
-    return VAE_CHOICES_FIXED + [v.name for v in state.models.vaes]
+def _wire_quicksettings(state: AppState, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button) -> None:
+    def switch_checkpoint(title: str):
+        common.switch_checkpoint(state, title)
+        return gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state))
 
+    def refresh_lists():
+        state.models.refresh()
+        return (gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state)),
+                gr.update(choices=common.vae_choices(state)))
 
-def _count(state: AppState, text: str, steps: float, is_positive: bool) -> str:
-    model = state.models.current
-    if model is None:
-        return ""
-    pipe = model.pipe
-    options = prompt_encoder.EncoderOptions(emphasis=str(state.opts["emphasis"]),
-                                            comma_padding_backtrack=int(state.opts["comma_padding_backtrack"]))
-    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, state.embeddings, options)
-    used, available = conditioning.token_counter(encoder, text, int(steps), is_positive)
-    return f"{used}/{available}"
+    checkpoint.input(switch_checkpoint, inputs=checkpoint, outputs=checkpoint, api_visibility="private")
+    vae.input(lambda name: common.switch_vae(state, name), inputs=vae, api_visibility="private")
+    refresh.click(refresh_lists, outputs=[checkpoint, vae], api_visibility="private")

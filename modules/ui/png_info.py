@@ -1,0 +1,195 @@
+"""PNG Info tab: drop an image, read its A1111 infotext, and send every field it names to txt2img.
+
+:func:`paste_values` is the pure part (infotext → control values, the checkpoint it names, the settings it
+overrides); the tab only shows the text and hands the values to the txt2img controls. The checkpoint is switched
+through the job queue, as the quicksettings dropdown does.
+"""
+
+from __future__ import annotations
+
+import html
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+from modules import infotext, options, samplers
+from modules.sd_models import CheckpointInfo
+from modules.state import AppState
+
+logger = logging.getLogger(__name__)
+
+# infotext key -> txt2img control name, converter (A1111's paste fields for txt2img)
+PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
+    ("Prompt", "prompt", str), ("Negative prompt", "negative", str), ("Steps", "steps", int),
+    ("CFG scale", "cfg_scale", float), ("Seed", "seed", int), ("Size-1", "width", int), ("Size-2", "height", int),
+    ("Batch size", "batch_size", int), ("Variation seed", "subseed", int),
+    ("Variation seed strength", "subseed_strength", float), ("Clip skip", "clip_skip", int),
+)
+# settings with their own control (or switched directly), so they are not offered as overrides
+NOT_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
+OPTION_TO_INFOTEXT = {key: label for label, key in infotext.INFOTEXT_TO_OPTION.items()}
+
+
+@dataclass
+class Paste:
+    """What an infotext asks of the txt2img tab."""
+
+    values: dict[str, object] = field(default_factory=dict)  # control name -> value
+    checkpoint: CheckpointInfo | None = None
+    overrides: list[str] = field(default_factory=list)  # "Emphasis: No norm" entries
+    warnings: list[str] = field(default_factory=list)
+
+
+def paste_values(state: AppState, text: str) -> Paste:
+    """Parse ``text`` (A1111 rules) into control values, the checkpoint it names and setting overrides."""
+    res = infotext.parse(text)
+    paste = Paste()
+    for key, name, convert in PASTE_FIELDS:
+        if key in res:
+            try:
+                paste.values[name] = convert(res[key])
+            except (TypeError, ValueError):
+                paste.warnings.append(f"{key}: {res[key]!r} is not a {convert.__name__}; left unchanged")
+    _sampler(res, paste)
+    _checkpoint(state, res, paste)
+    current = state.opts.as_dict()
+    for label, key in infotext.INFOTEXT_TO_OPTION.items():
+        if key in NOT_OVERRIDES or key not in options.OPTIONS or label not in res:
+            continue
+        value = _option_value(state, key, res[label])
+        if value is None:
+            paste.warnings.append(f"{label}: {res[label]!r} is not a value this program knows; not applied")
+        elif value != current.get(key):
+            paste.overrides.append(f"{label}: {value}")
+    return paste
+
+
+def parse_overrides(entries: list[str] | None) -> dict[str, object]:
+    """The override dropdown's ``"Label: value"`` entries → ``{setting key: value}`` (validated)."""
+    result: dict[str, object] = {}
+    for entry in entries or []:
+        label, sep, text = entry.partition(": ")
+        key = infotext.INFOTEXT_TO_OPTION.get(label)
+        if not sep or key is None or key not in options.OPTIONS:
+            raise ValueError(f"override {entry!r} is not 'Setting: value' for a known setting")
+        result[key] = options.validate(key, _typed(key, text))
+    return result
+
+
+def _sampler(res: dict[str, object], paste: Paste) -> None:
+    name, schedule = str(res.get("Sampler", "")), str(res.get("Schedule type", "Automatic"))
+    if not name:
+        return
+    try:
+        paste.values["sampler"] = samplers.find_sampler(name).name
+    except samplers.SamplerError:
+        for suffix in ("Karras", "Exponential"):  # pre-1.9 names: "DPM++ 2M Karras"
+            base = name.removesuffix(" " + suffix)
+            if base != name:
+                try:
+                    paste.values["sampler"] = samplers.find_sampler(base).name
+                except samplers.SamplerError:
+                    break
+                schedule = suffix if schedule == "Automatic" else schedule
+                break
+        else:
+            paste.warnings.append(f"Sampler: {name!r} is not available; left unchanged")
+    try:
+        paste.values["schedule"] = samplers.schedule_label(schedule)
+    except samplers.SamplerError:
+        paste.warnings.append(f"Schedule type: {schedule!r} is not available; left unchanged")
+
+
+def _checkpoint(state: AppState, res: dict[str, object], paste: Paste) -> None:
+    for key in ("Model hash", "Model"):
+        if key in res:
+            try:
+                paste.checkpoint = state.models.find(str(res[key]))
+                return
+            except LookupError:
+                continue
+    if "Model hash" in res or "Model" in res:
+        named = res.get("Model") or res.get("Model hash")
+        paste.warnings.append(f"checkpoint {named!r} is not in models/Stable-diffusion; the current one is kept")
+
+
+def _option_value(state: AppState, key: str, raw: object) -> object | None:
+    if key == "sd_vae":  # the infotext names the VAE's stem; the setting holds its file name
+        stem = str(raw)
+        return next((v.name for v in state.models.vaes if Path(v.name).stem == stem or v.name == stem), None)
+    try:
+        return options.validate(key, _typed(key, raw))
+    except (KeyError, ValueError):
+        return None
+
+
+def _typed(key: str, raw: object) -> object:
+    kind = type(options.OPTIONS[key].default)
+    if kind is bool and isinstance(raw, str):
+        return {"true": True, "false": False}.get(raw.strip().lower(), raw)
+    if kind is int and isinstance(raw, str):
+        return int(float(raw)) if raw.strip().replace(".", "", 1).lstrip("-").isdigit() else raw
+    return raw
+
+
+# ------------------------------------------------------------------------------------------------------------ UI
+def read_image(path: str | None) -> tuple[str, str]:
+    """``(parameters text, HTML of every text chunk)`` of the dropped image."""
+    if not path:
+        return "", ""
+    with Image.open(path) as image:
+        text = infotext.read_from_image(image) or ""
+        items = {k: v for k, v in (image.info or {}).items() if isinstance(v, str) and k != "parameters"}
+    rows = [("parameters", text)] if text else []
+    rows += list(items.items())
+    if not rows:
+        return "", "<div class='pnginfo'><p>Nothing found in the image.</p></div>"
+    body = "".join(f"<div><p><b>{html.escape(k)}</b></p><p>{html.escape(v).replace(chr(10), '<br>')}</p></div>"
+                   for k, v in rows)
+    return text, f"<div class='pnginfo'>{body}</div>"
+
+
+def create_tab(state: AppState) -> tuple[gr.Textbox, gr.Button]:
+    """Build the tab's controls (inside a ``gr.Tab``); returns the parameters box and the send button."""
+    with gr.Row(equal_height=False):
+        with gr.Column():
+            image = gr.Image(label="Source", sources=["upload"], type="filepath", image_mode=None,
+                             elem_id="pnginfo_image", height=400)
+        with gr.Column():
+            html_info = gr.HTML(elem_id="pnginfo_html")
+            parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_generation_info")
+            send = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img", variant="primary")
+    image.change(read_image, inputs=image, outputs=[parameters, html_info], queue=False, api_visibility="private")
+    return parameters, send
+
+
+def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls: dict[str, gr.components.Component],
+              checkpoint: gr.Dropdown, overrides: gr.Dropdown, tabs: gr.Tabs) -> None:
+    """"Send to txt2img": fill the controls the infotext names, switch the checkpoint, show the overrides."""
+    from modules.ui import common
+
+    names = list(controls)
+
+    def handler(text: str):
+        if not (text or "").strip():
+            raise gr.Error("No parameters to send: drop a PNG made by this program or by A1111 first.")
+        paste = paste_values(state, text)
+        for warning in paste.warnings:
+            gr.Warning(warning)
+        model_update = gr.skip()
+        if paste.checkpoint is not None:
+            current = state.models.current
+            if not common.frozen(state):  # queued behind any pending switch; a no-op when it is the current one
+                common.switch_checkpoint(state, paste.checkpoint.title)
+                model_update = gr.update(value=common.current_title(state))
+            elif current is None or current.info.path != paste.checkpoint.path:
+                gr.Warning(f"Settings are frozen (--freeze-settings): {paste.checkpoint.title} was not loaded")
+        values = [common.clamp(controls[n], paste.values[n]) if n in paste.values else gr.skip() for n in names]
+        override_update = gr.update(choices=paste.overrides, value=paste.overrides, visible=bool(paste.overrides))
+        return [*values, model_update, override_update, gr.Tabs(selected="txt2img")]
+
+    send.click(handler, inputs=parameters, outputs=[*controls.values(), checkpoint, overrides, tabs],
+               api_visibility="private")

@@ -1,0 +1,59 @@
+"""The network benchmark runs end to end (``--quick``, tiny model) and prints our rows and diffusers' rows.
+
+No timing is asserted: timings live in ``docs/benchmarks.md``, as ratios measured in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPT = REPO / "benchmarks" / "networks.py"
+
+
+def _run(*flags: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *flags], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=timeout, check=False)
+
+
+def _table(stdout: str) -> list[list[str]]:
+    """The markdown table's body rows as cells (header and separator dropped)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")]
+            for line in stdout.splitlines() if line.startswith("|")]
+    return [row for row in rows[2:] if len(row) > 3]
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_our_rows_and_diffusers_rows() -> None:
+    result = _run("--quick")
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    rows = _table(result.stdout)
+    assert rows, result.stdout
+    by_measurement: dict[str, set[str]] = {}
+    for model, measurement, side, *_ in rows:
+        assert model == "tiny"
+        by_measurement.setdefault(measurement.split(",")[0].split(" (")[0], set()).add(side)
+    assert set(by_measurement) >= {"switch 3 ↔ 3 LoRAs rank 32", "first load", "per step"}, by_measurement
+    for measurement, sides in by_measurement.items():
+        assert any(side.startswith("ours") for side in sides), (measurement, sides)
+        assert any(side.startswith("diffusers") for side in sides), (measurement, sides)
+    # The diffusers rows carry a ratio against ours (a number, not the "—" of a baseline row).
+    assert all("×" in row[6] or "%" in row[6] for row in rows if row[2].startswith("diffusers")), result.stdout
+    # Like for like: the merged weights of both sides were compared (and matched, or the run would have failed).
+    assert "Parity, set B merged (fresh" in result.stdout
+
+
+def test_cuda_without_cuda_fails_clearly() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here; the guard only applies without it")
+    result = _run("--device", "cuda", timeout=300)
+    assert result.returncode == 2
+    assert "CUDA is not available" in result.stderr

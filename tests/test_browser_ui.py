@@ -1,0 +1,425 @@
+"""The page in a real browser: Debian's Chromium driven by Playwright against webui.py on the tiny model.
+
+Two servers run for the module (started together): the main one, and one with ``--freeze-settings``.
+Screenshots of the main flows go to ``<pytest tmp dir>/test-artifacts`` (the path is printed at the end).
+Chromium comes from Debian (``run_tests.sh`` installs it, see ``launch_utils.ensure_chromium``); Playwright never
+downloads a browser. Without Chromium or Playwright the module is skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from io import BytesIO
+from pathlib import Path
+
+import pytest
+from PIL import Image, PngImagePlugin
+
+from conftest import REPO, free_port, install_checkpoint
+from modules import demo_model, infotext
+from test_api_server import Server, stop_server
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = Path(os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium")
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+               "--no-first-run", "--disable-sync", "--disable-quic"]
+TIMEOUT_MS = 60_000
+SMALL = {"txt2img_steps": 4, "txt2img_width": 64, "txt2img_height": 64}
+
+if not CHROMIUM.exists():
+    pytest.skip(f"no Chromium at {CHROMIUM}: run ./run_tests.sh (it installs Debian's chromium as root) or "
+                "apt-get install chromium", allow_module_level=True)
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
+
+
+# ------------------------------------------------------------------------------------------------------ fixtures
+def _spawn(data: Path, *flags: str) -> Server:
+    port = free_port()
+    log = data / "server.log"
+    env = {**os.environ, "COMMANDLINE_ARGS": "", "PYTHONUNBUFFERED": "1"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([sys.executable, "webui.py", "--data-dir", str(data), "--port", str(port), *flags],
+                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Server(f"http://127.0.0.1:{port}", process, data, log)
+
+
+def _wait_up(server: Server, timeout: float = 300) -> Server:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        text = server.log.read_text(errors="replace")
+        if server.process.poll() is not None:
+            raise AssertionError(f"webui.py exited with {server.process.returncode}:\n{text}")
+        if "Running on local URL" in text:
+            return server
+        time.sleep(0.3)
+    server.process.kill()
+    raise AssertionError(f"webui.py did not start in {timeout}s:\n{server.log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
+    folder = tmp_path_factory.getbasetemp() / "test-artifacts"
+    folder.mkdir(exist_ok=True)
+    yield folder
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\nbrowser test screenshots and server logs: {folder}")
+
+
+@pytest.fixture(scope="module")
+def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
+            artifacts: Path) -> Iterator[dict[str, Server]]:
+    """The main server (tiny + second checkpoints, a styles.csv) and a --freeze-settings one, started together."""
+    data = tmp_path_factory.mktemp("webui-browser")
+    folder = data / "models" / "Stable-diffusion"
+    install_checkpoint(tiny_checkpoint, folder)
+    demo_model.write_checkpoint(folder / "second.safetensors", seed=5)
+    with open(data / "styles.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["name", "prompt", "negative_prompt"], ["vivid", "{prompt}, vivid colors", "dull"]])
+    frozen_data = tmp_path_factory.mktemp("webui-frozen")
+    install_checkpoint(tiny_checkpoint, frozen_data / "models" / "Stable-diffusion")
+    started = {"main": _spawn(data, "--ckpt", str(folder / "tiny.safetensors")),
+               "frozen": _spawn(frozen_data, "--freeze-settings", "--skip-load-model-at-start")}
+    yield started
+    for name, server in started.items():
+        stop_server(server)
+        shutil.copyfile(server.log, artifacts / f"server-{name}.log")
+
+
+@pytest.fixture(scope="module")
+def server(spawned: dict[str, Server]) -> Server:
+    return _wait_up(spawned["main"])
+
+
+@pytest.fixture(scope="module")
+def frozen_server(spawned: dict[str, Server]) -> Server:
+    return _wait_up(spawned["frozen"])
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+def open_page(browser, url: str):
+    page = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True).new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#txt2img_generate")
+    return page
+
+
+@pytest.fixture
+def page(browser, server: Server) -> Iterator[object]:
+    page = open_page(browser, server.url)
+    yield page
+    page.context.close()
+
+
+# ------------------------------------------------------------------------------------------------------- helpers
+def set_number(page, elem_id: str, value: float) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def set_numbers(page, values: dict[str, float]) -> None:
+    for elem_id, value in values.items():
+        set_number(page, elem_id, value)
+
+
+def number(page, elem_id: str) -> float:
+    return float(page.locator(f"#{elem_id} input[type=number]").input_value())
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.locator(f"#{elem_id} input").click()
+    page.locator(f"#{elem_id} [role=option][aria-label={json.dumps(option)}]").click()
+
+
+def text_of(page, elem_id: str) -> str:
+    return page.locator(f"#{elem_id} textarea, #{elem_id} input").first.input_value()
+
+
+def generate(page, timeout: float = TIMEOUT_MS) -> str:
+    """Click Generate on a page whose gallery is empty; wait for the image; return the infotext shown."""
+    assert page.locator("#txt2img_gallery img").count() == 0
+    page.locator("#txt2img_generate").click()
+    page.wait_for_selector("#txt2img_gallery img, .toast-body.error", timeout=timeout)
+    errors = page.locator(".toast-body.error")
+    assert errors.count() == 0, errors.first.inner_text()
+    sync_api.expect(page.locator("#html_info_txt2img textarea")).not_to_have_value("", timeout=timeout)
+    return text_of(page, "html_info_txt2img")
+
+
+def gallery_png(page) -> bytes:
+    """The bytes the gallery serves for its first image (what "download" saves)."""
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    reply = page.request.get(src)
+    assert reply.ok, src
+    return reply.body()
+
+
+def shot(page, artifacts: Path, name: str) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+# --------------------------------------------------------------------------------------------------------- tests
+def test_prompt_counter_generate_and_download_keep_the_infotext(page, server: Server, artifacts: Path) -> None:
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("a red circle")
+    sync_api.expect(page.locator("#txt2img_token_counter")).to_have_text("3/75")
+    prompt.fill("a red circle on a green square")
+    sync_api.expect(page.locator("#txt2img_token_counter")).to_have_text("7/75")
+    set_numbers(page, {**SMALL, "txt2img_seed": 4242})
+    prompt.press("Control+Enter")  # A1111's shortcut
+    page.wait_for_selector("#txt2img_gallery img")
+    sync_api.expect(page.locator("#html_info_txt2img textarea")).not_to_have_value("")
+    text = text_of(page, "html_info_txt2img")
+    assert text.startswith("a red circle on a green square\nSteps: 4, Sampler: DPM++ 2M, Schedule type: Karras, "
+                           "CFG scale: 7, Seed: 4242, Size: 64x64,"), text
+    assert "Model: tiny" in text
+    shot(page, artifacts, "01-generate")
+
+    served = gallery_png(page)
+    saved = sorted((server.data / "outputs" / "txt2img-images").rglob("*-4242.png"))
+    assert saved and served == saved[-1].read_bytes()  # the saved PNG itself, byte for byte
+    with Image.open(BytesIO(served)) as image:
+        assert image.format == "PNG" and infotext.read_from_image(image) == text
+
+    page.locator("#txt2img_gallery img").first.click()  # preview mode, then the download button
+    with page.expect_download() as download:
+        page.locator("#txt2img_gallery button[aria-label='Download'], #txt2img_gallery a[download]").first.click()
+    assert Path(download.value.path()).read_bytes() == served
+
+
+def test_ctrl_up_down_edits_the_emphasis_of_the_selection(page) -> None:
+    box = page.locator("#txt2img_prompt textarea")
+    box.fill("a red cat, sitting <lora:thing:0.8>")
+    box.evaluate("area => area.setSelectionRange(6, 9)")  # "cat"
+    box.press("Control+ArrowUp")
+    sync_api.expect(box).to_have_value("a red (cat:1.1), sitting <lora:thing:0.8>")
+    box.press("Control+ArrowUp")
+    sync_api.expect(box).to_have_value("a red (cat:1.2), sitting <lora:thing:0.8>")
+    assert box.evaluate("a => a.value.slice(a.selectionStart, a.selectionEnd)") == "cat"
+    box.press("Control+ArrowDown")
+    box.press("Control+ArrowDown")
+    sync_api.expect(box).to_have_value("a red cat, sitting <lora:thing:0.8>")  # weight 1: parentheses gone
+    box.evaluate("area => area.setSelectionRange(13, 13)")  # the cursor in "sitting", nothing selected
+    box.press("Control+ArrowDown")
+    sync_api.expect(box).to_have_value("a red cat, (sitting:0.9) <lora:thing:0.8>")
+    box.evaluate("area => area.setSelectionRange(area.value.length - 3, area.value.length - 3)")  # in the tag
+    box.press("Control+ArrowUp")
+    sync_api.expect(box).to_have_value("a red cat, (sitting:0.9) <lora:thing:0.85>")
+    # the server sees the edited text (the style editor copies the prompt box's value)
+    page.locator("#txt2img_styles_editor").click()
+    page.locator("#txt2img_edit_style_copy").click()
+    sync_api.expect(page.locator("#txt2img_edit_style_prompt textarea")).to_have_value(
+        "a red cat, (sitting:0.9) <lora:thing:0.85>")
+
+
+def test_seed_buttons_reuse_the_last_seed(page, artifacts: Path) -> None:
+    page.locator("#txt2img_prompt textarea").fill("seed test")
+    set_numbers(page, {**SMALL, "txt2img_seed": -1})
+    text = generate(page)
+    seed = int(infotext.parse(text)["Seed"])
+    page.locator("#txt2img_reuse_seed").click()
+    sync_api.expect(page.locator("#txt2img_seed input")).to_have_value(str(seed))
+    page.locator("#txt2img_random_seed").click()
+    sync_api.expect(page.locator("#txt2img_seed input")).to_have_value("-1")
+    shot(page, artifacts, "02-seed-reuse")
+
+
+def test_progress_queue_and_interrupt(browser, server: Server, artifacts: Path) -> None:
+    url = server.url
+    first = open_page(browser, url)
+    second = None
+    try:
+        first.locator("#txt2img_prompt textarea").fill("a long job")
+        set_numbers(first, {**SMALL, "txt2img_steps": 150, "txt2img_batch_count": 40})  # minutes if not stopped
+        first.locator("#txt2img_generate").click()
+        first.wait_for_selector("#txt2img_progress .webui-progress-fill")
+        first.wait_for_selector("#txt2img_progress img.webui-live-preview")  # every 10 steps (the default)
+        sync_api.expect(first.locator("#txt2img_progress")).to_contain_text("ETA")
+        shot(first, artifacts, "03-progress-live-preview")
+
+        second = open_page(browser, url)  # a second tab sees the running job, then queues behind it
+        second.wait_for_selector("#txt2img_progress .webui-progress-fill")
+        second.locator("#txt2img_prompt textarea").fill("queued behind")
+        set_numbers(second, SMALL)
+        second.locator("#txt2img_generate").click()
+        sync_api.expect(second.locator("#txt2img_progress")).to_contain_text("In queue: 1 job ahead")
+        shot(second, artifacts, "04-second-tab-queued")
+
+        first.locator("#txt2img_interrupt").click()
+        started = time.monotonic()
+        first.wait_for_selector("#txt2img_gallery img", timeout=30_000)
+        assert time.monotonic() - started < 30
+        text = text_of(first, "html_info_txt2img")
+        assert text.startswith("a long job\nSteps: 150,")
+        second.wait_for_selector("#txt2img_gallery img", timeout=30_000)
+        assert text_of(second, "html_info_txt2img").startswith("queued behind\nSteps: 4,")
+        assert first.locator("#txt2img_progress .webui-progress").count() == 0  # the bar is gone
+        shot(first, artifacts, "05-interrupted")
+    finally:
+        first.context.close()
+        if second is not None:
+            second.context.close()
+
+
+def test_png_info_round_trip_restores_every_field(browser, server: Server, artifacts: Path, tmp_path: Path) -> None:
+    url = server.url
+    source = open_page(browser, url)
+    fields = {"txt2img_steps": 6, "txt2img_width": 72, "txt2img_height": 64, "txt2img_cfg_scale": 5.5,
+              "txt2img_seed": 31337, "txt2img_subseed": 17, "txt2img_subseed_strength": 0.25, "txt2img_clip_skip": 2}
+    try:
+        source.locator("#txt2img_prompt textarea").fill("a blue square, (soft:1.2)")
+        source.locator("#txt2img_neg_prompt textarea").fill("blurry")
+        choose(source, "txt2img_sampling", "Euler")
+        choose(source, "txt2img_scheduler", "Exponential")
+        set_numbers(source, fields)
+        original = generate(source)
+        png = tmp_path / "made.png"
+        png.write_bytes(gallery_png(source))
+    finally:
+        source.context.close()
+    assert "Sampler: Euler, Schedule type: Exponential, CFG scale: 5.5, Seed: 31337, Size: 72x64" in original
+    assert "Variation seed: 17, Variation seed strength: 0.25, Clip skip: 2" in original
+
+    page = open_page(browser, url)
+    try:
+        choose(page, "setting_sd_model_checkpoint", _title_starting(page, "second"))
+        _wait_for_log(server, "Loaded checkpoint: title=second")  # the paste must switch back to tiny
+        page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
+        page.locator("#pnginfo_image input[type=file]").set_input_files(str(png))
+        sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(original)
+        sync_api.expect(page.locator("#pnginfo_html")).to_contain_text("Seed: 31337")
+        shot(page, artifacts, "06-png-info")
+        page.locator("#pnginfo_send_to_txt2img").click()
+        sync_api.expect(page.locator("#txt2img_prompt textarea")).to_have_value("a blue square, (soft:1.2)")
+        sync_api.expect(page.locator("#setting_sd_model_checkpoint input")).to_have_value(
+            _title_starting(page, "tiny"))
+        assert text_of(page, "txt2img_neg_prompt") == "blurry"
+        assert text_of(page, "txt2img_sampling") == "Euler" and text_of(page, "txt2img_scheduler") == "Exponential"
+        assert {k: number(page, k) for k in fields} == {k: float(v) for k, v in fields.items()}
+        shot(page, artifacts, "07-sent-to-txt2img")
+        again = generate(page)  # the restored fields make the same picture
+        assert again == original
+        with Image.open(png) as a, Image.open(BytesIO(gallery_png(page))) as b:
+            assert a.tobytes() == b.tobytes()
+
+        # settings an infotext overrides appear as "Override settings"
+        extra = tmp_path / "overrides.png"
+        info = PngImagePlugin.PngInfo()
+        info.add_text("parameters", "x\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x64, RNG: CPU, ENSD: 31337")
+        Image.new("RGB", (8, 8)).save(extra, pnginfo=info)
+        page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
+        page.locator("#pnginfo_image button[aria-label='Remove Image']").click()
+        page.locator("#pnginfo_image input[type=file]").set_input_files(str(extra))
+        sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile("RNG: CPU"))
+        page.locator("#pnginfo_send_to_txt2img").click()
+        overrides = page.locator("#txt2img_override_settings")
+        sync_api.expect(overrides).to_contain_text("RNG: CPU")
+        sync_api.expect(overrides).to_contain_text("ENSD: 31337")
+        assert text_of(page, "txt2img_sampling") == "Euler" and number(page, "txt2img_clip_skip") == 1
+    finally:
+        page.context.close()
+
+
+def _options(page, elem_id: str) -> list[str]:
+    page.locator(f"#{elem_id} input").click()
+    labels = page.locator(f"#{elem_id} [role=option]").evaluate_all("els => els.map(e => e.getAttribute('aria-label'))")
+    page.locator(f"#{elem_id} input").press("Escape")
+    page.locator(f"#{elem_id} input").blur()  # so that the next click opens the list again
+    return labels
+
+
+def _wait_for_log(server: Server, text: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while text not in server.log.read_text(errors="replace"):
+        assert time.time() < deadline, f"{text!r} not in the server log after {timeout}s"
+        time.sleep(0.2)
+
+
+def _title_starting(page, prefix: str) -> str:
+    return next(t for t in _options(page, "setting_sd_model_checkpoint") if t.startswith(prefix))
+
+
+def test_settings_are_saved_and_survive_a_reload(page, server: Server, artifacts: Path) -> None:
+    page.locator("#tabs button[role=tab]", has_text="Settings").click()
+    page.locator("#settings_sections button[role=tab]", has_text="User interface").click()
+    set_number(page, "setting_show_progress_every_n_steps", 5)
+    page.locator("#settings_sections button[role=tab]", has_text="Extra Networks").click()
+    set_number(page, "setting_extra_networks_default_multiplier", 0.7)
+    page.locator("#setting_lora_add_hashes_to_infotext input[type=checkbox]").uncheck()
+    page.locator("#settings_submit").click()
+    sync_api.expect(page.locator("#settings_result")).to_contain_text("3 settings changed")
+    shot(page, artifacts, "08-settings")
+    config = json.loads((server.data / "config.json").read_text())
+    assert config["show_progress_every_n_steps"] == 5 and config["extra_networks_default_multiplier"] == 0.7
+    assert config["lora_add_hashes_to_infotext"] is False
+
+    page.reload()
+    page.locator("#tabs button[role=tab]", has_text="Settings").click()
+    page.locator("#settings_sections button[role=tab]", has_text="Extra Networks").click()
+    sync_api.expect(page.locator("#setting_extra_networks_default_multiplier input[type=number]")).to_have_value("0.7")
+    assert not page.locator("#setting_lora_add_hashes_to_infotext input[type=checkbox]").is_checked()
+    page.locator("#settings_sections button[role=tab]", has_text="User interface").click()
+    assert number(page, "setting_show_progress_every_n_steps") == 5
+    assert page.evaluate("() => window.webuiOpts.keyedit_precision_attention") == 0.1
+
+
+def test_freeze_settings_blocks_edits(browser, frozen_server: Server, artifacts: Path) -> None:
+    from gradio_client import Client
+
+    frozen = frozen_server
+    page = open_page(browser, frozen.url)
+    try:
+        page.locator("#tabs button[role=tab]", has_text="Settings").click()
+        sync_api.expect(page.locator("#settings_result")).to_contain_text("frozen")
+        assert page.locator("#settings_submit").is_disabled()
+        page.locator("#settings_sections button[role=tab]", has_text="User interface").click()
+        assert page.locator("#setting_show_progress_every_n_steps input[type=number]").is_disabled()
+        assert page.locator("#setting_sd_model_checkpoint input").is_disabled()
+        shot(page, artifacts, "09-frozen-settings")
+    finally:
+        page.context.close()
+    client = Client(frozen.url + "/", verbose=False)  # the handler refuses too, whatever the page allows
+    parameters = client.view_api(return_format="dict", print_info=False)["named_endpoints"]["/apply_settings"]["parameters"]
+    values = [p["parameter_default"] for p in parameters]  # the values shown, so only the freeze can refuse
+    with pytest.raises(Exception, match="frozen"):
+        client.predict(*values, api_name="/apply_settings")
+    assert not (frozen.data / "config.json").exists()
+
+
+def test_styles_apply_and_save(page, server: Server, artifacts: Path) -> None:
+    page.locator("#txt2img_prompt textarea").fill("a house")
+    choose(page, "txt2img_styles", "vivid")
+    page.locator("#txt2img_style_apply").click()
+    sync_api.expect(page.locator("#txt2img_prompt textarea")).to_have_value("a house, vivid colors")
+    sync_api.expect(page.locator("#txt2img_neg_prompt textarea")).to_have_value("dull")
+
+    page.locator("#txt2img_styles_editor").click()
+    name = page.locator("#txt2img_edit_style_name input")
+    name.fill("mine")
+    name.press("Enter")
+    page.locator("#txt2img_edit_style_copy").click()
+    sync_api.expect(page.locator("#txt2img_edit_style_prompt textarea")).to_have_value("a house, vivid colors")
+    page.locator("#txt2img_edit_style_save").click()
+    sync_api.expect(page.get_by_text("Style 'mine' saved")).to_be_visible()
+    rows = list(csv.DictReader(open(server.data / "styles.csv", encoding="utf-8-sig")))
+    assert {"name": "mine", "prompt": "a house, vivid colors", "negative_prompt": "dull"} in rows
+    assert "mine" in _options(page, "txt2img_styles")
+    shot(page, artifacts, "10-styles")
