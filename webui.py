@@ -103,9 +103,9 @@ def create_app(state):
     if args.api or args.nowebui:
         app.include_router(api.create_router(state))
     app.include_router(api.create_internal_router(state))  # A1111's /internal/progress, with or without --api
-    for part in state.extension_parts:  # A1111 serves these without --api and without --api-auth
+    for part in state.extension_parts:  # served without --api as in A1111, but behind --api-auth (A1111 forgets it)
         for router in part.public_routers:
-            app.include_router(router)
+            app.include_router(router, dependencies=api.auth_dependencies(args.api_auth))
     if not args.nowebui:  # the Extra Networks panel's read-only routes (thumbnails, cards), public as in A1111
         from modules.ui import extra_networks_routes
 

@@ -38,6 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium")
+DOCS_HEADING = "## Extra Networks panel at scale (`benchmarks/extra_networks.py`)"
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--no-first-run", "--disable-sync", "--disable-quic"]
 TE_KEY = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
@@ -277,8 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         text = report(args.count, args.repeats, local, browser)
         print(text)
         if args.write_docs:
-            with open(REPO / "docs" / "benchmarks.md", "a", encoding="utf-8") as f:
-                f.write("\n" + text)
+            from benchmarks.common import append_to_docs
+
+            append_to_docs(text, heading=DOCS_HEADING)
     finally:
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)

@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.write_docs:
         import diffusers
 
-        device_name = torch.cuda.get_device_name() if args.device == "cuda" else common._cpu_model()
+        device_name = torch.cuda.get_device_name() if args.device == "cuda" else common.cpu_model()
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         section = "\n".join([
             f"### {date} — GPU paths and memory modes ({args.model}, {args.size}², {args.device})", "",

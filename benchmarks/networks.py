@@ -30,7 +30,6 @@ import copy
 import cProfile
 import gc
 import logging
-import os
 import shlex
 import statistics
 import sys
@@ -49,6 +48,18 @@ if TYPE_CHECKING:
     from modules.state import AppState
 
 REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` and ``modules`` importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    append_to_docs,
+    count_at_least,
+    cuda_unavailable,
+    load_average,
+    setup,
+)
+
+DOCS_HEADING = "## LoRA and hypernetwork costs (`benchmarks/networks.py`)"
 SWITCH_RANK = 32
 SWITCH_ALPHA = 16.0  # kohya's common alpha = rank/2: exercises the alpha/rank scale on both sides
 BIG_RANK = 128  # Σ(in+out) over the targeted SD1.5 modules is 589 824 per rank: 128 ranks in fp16 = 144 MiB
@@ -770,18 +781,9 @@ def _environment(state: AppState, device: str) -> dict[str, str]:
 
     env = environment(state, device, torch.get_num_threads())
     env["Versions"] += f", peft {peft.__version__}"
-    if hasattr(os, "getloadavg"):  # how busy the shared machine was: read the noise with it
-        env["CPU"] += ", load average (1, 5, 15 min) at the end: " + ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    if load_average():  # how busy the shared machine was: read the noise with it
+        env["CPU"] += f", {load_average()} at the end"
     return env
-
-
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
-        return value
-    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -791,9 +793,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
     parser.add_argument("--models", default=None,
                         help="comma-separated: tiny, sd15 (default: both; --quick: tiny)")
-    parser.add_argument("--repeats", type=_count(1), default=None,
+    parser.add_argument("--repeats", type=count_at_least(1), default=None,
                         help="timed switch pairs and per-step rounds (first loads: half of it)")
-    parser.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=count_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1-2 repeats of everything")
     parser.add_argument("--write-docs", action="store_true", help="append the results to docs/benchmarks.md")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
@@ -806,18 +808,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the markdown section (and append it to the docs with --write-docs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    setup(args.verbose)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.stderr.write(f"error: --device cuda, but CUDA is not available here (torch {torch.__version__}, "
-                         f"CUDA build: {torch.version.cuda or 'none'}). Run it on a machine with an NVIDIA GPU "
-                         "and a CUDA build of torch, or use --device cpu.\n")
+    if cuda_unavailable(args.device):
         return 2
     models = [m.strip() for m in (args.models or ("tiny" if args.quick else "tiny,sd15")).split(",") if m.strip()]
     unknown = sorted(set(models) - {"tiny", "sd15"})
@@ -832,9 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     section = report(results, results[0].env, argv, args.device)
     print(section)
     if args.write_docs:
-        from benchmarks.txt2img import append_to_docs
-
-        append_to_docs(section)
+        append_to_docs(section, heading=DOCS_HEADING)
     return 0
 
 

@@ -150,14 +150,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     text = table(results)
     print(text)
     if args.write_docs:
-        from benchmarks.txt2img import _cpu_model, append_to_docs
+        from benchmarks.common import append_to_docs, cpu_model
 
         date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         import transformers
 
         section = "\n".join([
             f"### {date} — prompt parsing + encoding (CPU)", "",
-            f"- CPU: {_cpu_model()}, torch threads {torch.get_num_threads()}",
+            f"- CPU: {cpu_model()}, torch threads {torch.get_num_threads()}",
             f"- Versions: python {platform.python_version()}, torch {torch.__version__}, "
             f"transformers {transformers.__version__}",
             f"- Command: `{shlex.join(['python', 'benchmarks/prompts.py', *(argv or sys.argv[1:])])}`",

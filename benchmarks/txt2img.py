@@ -40,7 +40,18 @@ if TYPE_CHECKING:
     from modules.state import AppState
 
 REPO = Path(__file__).resolve().parent.parent
-DOCS_FILE = REPO / "docs" / "benchmarks.md"
+if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` and ``modules`` importable
+    sys.path.insert(0, str(REPO))
+
+from benchmarks.common import (  # noqa: E402
+    DOCS_FILE,
+    append_to_docs,
+    count_at_least,
+    cpu_model,
+    cuda_unavailable,
+    setup,
+)
+
 PROMPT = "a photograph of an astronaut riding a horse on mars, highly detailed"
 CFG_SCALE = 7.0
 WEIGHT_STD = 0.02  # random full-size weights: N(0, 0.02²), norm scales 1 (keeps fp16 activations finite)
@@ -348,7 +359,7 @@ def environment(state: AppState, device: str, threads: int) -> dict[str, str]:
     env = {
         "Date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "Device": state.policy.describe(),
-        "CPU": f"{_cpu_model()} ({os.cpu_count()} logical cores visible, torch threads {threads})",
+        "CPU": f"{cpu_model()} ({os.cpu_count()} logical cores visible, torch threads {threads})",
         "Versions": (f"python {platform.python_version()}, torch {torch.__version__}, diffusers "
                      f"{diffusers.__version__}, transformers {transformers.__version__}"),
         "Attention": type(next(iter(state.models.current.pipe.unet.attn_processors.values()))).__name__,
@@ -358,16 +369,6 @@ def environment(state: AppState, device: str, threads: int) -> dict[str, str]:
         env["GPU"] = (f"{props.name}, {props.total_memory / 2**30:.0f} GiB, CUDA {torch.version.cuda}, "
                       f"cuDNN {torch.backends.cudnn.version()}")
     return env
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def report(results: Sequence[Result], env: dict[str, str], argv: Sequence[str], model: str, device: str,
@@ -387,14 +388,6 @@ def report(results: Sequence[Result], env: dict[str, str], argv: Sequence[str], 
     return "\n".join(lines)
 
 
-def append_to_docs(section: str, path: Path = DOCS_FILE) -> None:
-    """Append ``section`` to the benchmarks document (created with a title if missing)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    existing = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    path.write_text(existing.rstrip("\n") + "\n\n" + section.rstrip("\n") + "\n", encoding="utf-8")
-    logger.info("Appended results to %s", path)
-
-
 # -- entry point ------------------------------------------------------------------------------------------------
 
 def configurations(model: str, device: str, quick: bool, steps: int | None) -> list[Config]:
@@ -412,15 +405,6 @@ def configurations(model: str, device: str, quick: bool, steps: int | None) -> l
     return [Config(size, batch, name, n) for size, batch in shapes for name in names]
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}; got {value}")
-        return value
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The benchmark's flags."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -429,11 +413,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", choices=("tiny", "sd15"), default=None,
                         help="tiny demo model, or a generated full-size random SD1.5 (default: tiny on cpu, "
                              "sd15 on cuda)")
-    parser.add_argument("--repeats", type=_count(1), default=None, help="timed pairs per configuration (default 5)")
-    parser.add_argument("--warmup", type=_count(0), default=None, help="untimed runs per side first (default 1; 2 on cuda)")
-    parser.add_argument("--steps", type=_count(1), default=None, help="sampling steps (default 20; 4 with --quick)")
+    parser.add_argument("--repeats", type=count_at_least(1), default=None, help="timed pairs per configuration (default 5)")
+    parser.add_argument("--warmup", type=count_at_least(0), default=None, help="untimed runs per side first (default 1; 2 on cuda)")
+    parser.add_argument("--steps", type=count_at_least(1), default=None, help="sampling steps (default 20; 4 with --quick)")
     parser.add_argument("--seed", type=int, default=1234)
-    parser.add_argument("--threads", type=_count(1), default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=count_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: smallest configuration, a few steps, 1 repeat, 1 warm-up")
     parser.add_argument("--write-docs", action="store_true", help=f"append the results to {DOCS_FILE}")
@@ -447,18 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the markdown table (and the report section with --write-docs)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
+    setup(args.verbose)
     import torch
 
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.stderr.write(f"error: --device cuda, but CUDA is not available here (torch {torch.__version__}, "
-                         f"CUDA build: {torch.version.cuda or 'none'}). Run it on a machine with an NVIDIA GPU "
-                         "and a CUDA build of torch, or use --device cpu.\n")
+    if cuda_unavailable(args.device):
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -27,7 +27,7 @@ PACKAGE_PREFIX = "extensions_builtin"
 
 @dataclass
 class ExtensionParts:
-    """What an extension adds: API routers mounted outside the authenticated API (A1111 does this for LoRA)."""
+    """What an extension adds: API routers served even without ``--api`` (A1111 does this for LoRA), behind --api-auth."""
 
     public_routers: list[Any] = field(default_factory=list)
 

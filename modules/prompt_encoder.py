@@ -102,13 +102,17 @@ class PromptEncoder:
             chunks = [chunks[index] if index < len(chunks) else self._empty_chunk() for chunks in batch]
             for chunk in chunks:
                 used.extend(e for _, e in chunk.fixes if e not in used)
-            outputs.append(self._encode_chunks(chunks))
+            outputs.append(self.encode_chunks(chunks))
         return torch.cat(outputs, dim=1), used
 
     def _empty_chunk(self) -> PromptChunk:
         return PromptChunk([self.id_start] + [self.id_end] * (CHUNK + 1), [1.0] * (CHUNK + 2))
 
-    def _encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
+    def encode_chunks(self, chunks: list[PromptChunk]) -> torch.Tensor:
+        """Run the text encoder on one batch of 77-token chunks (TI vectors spliced in, clip skip, emphasis).
+
+        Public because the trainers encode their captions exactly as generation does, with autograd on.
+        """
         device = next(self.text_encoder.parameters()).device
         tokens = torch.tensor([c.tokens for c in chunks], device=device)  # (B, 77)
         with _embedding_fixes(self.text_encoder, [c.fixes for c in chunks]):

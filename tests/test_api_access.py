@@ -1,5 +1,5 @@
 """Access flags on a live server: --listen/--port (checked on the listening socket), --gradio-auth over HTTP,
---cors-allow-origins preflight, and credentials on A1111's /internal routes."""
+--cors-allow-origins preflight, credentials on A1111's /internal routes and hidden from /cmd-flags."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ def test_listen_gradio_auth_cors_and_internal_routes(tmp_path: Path, tiny_checkp
 
         # A1111's /sdapi/v1 is not behind --gradio-auth (only --api-auth protects it) ...
         assert requests.get(f"{server.url}/sdapi/v1/sd-models", timeout=30).status_code == 200
+        # ... so /cmd-flags, open to anyone here, shows the flags but never the UI's passwords.
+        flags = requests.get(f"{server.url}/sdapi/v1/cmd-flags", timeout=30)
+        assert flags.json()["gradio_auth"] == "<hidden>" and flags.json()["api_auth"] is None
+        assert flags.json()["listen"] is True and flags.json()["port"] == port_of(server)
+        assert flags.json()["cors_allow_origins"] == "http://good.example,http://also.example"
+        assert "x:y" not in flags.text and "alice:pw" not in flags.text
         # ... but /internal shows jobs and previews: it takes the UI's credentials as HTTP Basic.
         internal = f"{server.url}/internal/progress"
         refused = requests.post(internal, json={"id_task": "x"}, timeout=30)

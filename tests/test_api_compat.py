@@ -101,6 +101,65 @@ def test_memory_extensions_and_empty_lists(server: Server) -> None:
         assert requests.get(server.api(route), timeout=30).json() == [], route
 
 
+def test_every_listed_sampler_and_scheduler_generates(server: Server) -> None:
+    """What /samplers and /schedulers list is what txt2img accepts (clients fill their menus from them)."""
+    samplers = requests.get(server.api("samplers"), timeout=30).json()
+    schedulers = requests.get(server.api("schedulers"), timeout=30).json()
+    assert {"Euler a", "Euler", "DPM++ 2M", "DPM++ SDE"} <= {s["name"] for s in samplers}
+    assert all(set(s) == {"name", "aliases", "options"} for s in samplers)
+    assert {"automatic": "Automatic", "karras": "Karras", "exponential": "Exponential"}.items() <= \
+        {s["name"]: s["label"] for s in schedulers}.items()
+    assert all(set(s) == {"name", "label", "aliases", "default_rho", "need_inner_model"} for s in schedulers)
+    base = {"prompt": "a pond", "steps": 3, "width": 64, "height": 64, "seed": 8, "send_images": False}
+    for sampler in samplers:
+        reply = post(server, "txt2img", {**base, "sampler_name": sampler["name"]})
+        assert reply.status_code == 200 and json.loads(reply.json()["info"])["sampler_name"] == sampler["name"], \
+            (sampler["name"], reply.text)
+        assert reply.json()["images"] is None  # send_images: false
+    for scheduler in schedulers:
+        reply = post(server, "txt2img", {**base, "sampler_name": "Euler", "scheduler": scheduler["label"]})
+        assert reply.status_code == 200, (scheduler["name"], reply.text)
+        schedule = json.loads(reply.json()["info"])["extra_generation_params"]["Schedule type"]
+        assert schedule == scheduler["label"] or scheduler["name"] == "automatic", (scheduler, schedule)
+
+
+def test_scripts_are_reported_as_unsupported_and_cmd_flags_and_docs(server: Server) -> None:
+    payload = {**SMALL, "prompt": "a kite", "seed": 9, "script_name": "x/y/z plot", "script_args": [1, "Seed", ""],
+               "alwayson_scripts": {"ADetailer": {"args": [True]}, "ControlNet": {"args": []}}}
+    body = post(server, "txt2img", payload).json()
+    comments = json.loads(body["info"])["comments"]
+    assert "scripts are not supported: x/y/z plot, ADetailer, ControlNet" in comments
+    plain = post(server, "txt2img", {**SMALL, "prompt": "a kite", "seed": 9}).json()
+    assert json.loads(plain["info"])["comments"] == ""
+    assert np.array_equal(pixels(body["images"][0]), pixels(plain["images"][0]))  # the image is made all the same
+    assert requests.get(server.api("scripts"), timeout=30).json() == {"txt2img": [], "img2img": []}
+    flags = requests.get(server.api("cmd-flags"), timeout=30).json()
+    assert flags["api"] is True and flags["nowebui"] is True and flags["data_dir"] == str(server.data)
+    assert flags["api_auth"] is None and flags["gradio_auth"] is None
+    assert "/sdapi/v1/txt2img" in requests.get(f"{server.url}/openapi.json", timeout=30).json()["paths"]
+    docs = requests.get(f"{server.url}/docs", timeout=30)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_override_settings_restore_afterwards(server: Server) -> None:
+    def clip_skip() -> int:
+        return requests.get(server.api("options"), timeout=30).json()["CLIP_stop_at_last_layers"]
+
+    payload = {**SMALL, "prompt": "a lamp", "seed": 12, "override_settings": {"CLIP_stop_at_last_layers": 2}}
+    assert clip_skip() == 1
+    kept = post(server, "txt2img", payload).json()  # A1111's default: restored afterwards
+    assert "Clip skip: 2" in image_text(kept["images"][0]) and clip_skip() == 1
+    try:
+        changed = post(server, "txt2img", {**payload, "override_settings_restore_afterwards": False}).json()
+        assert "Clip skip: 2" in image_text(changed["images"][0]) and clip_skip() == 2  # the setting stays
+        assert np.array_equal(pixels(changed["images"][0]), pixels(kept["images"][0]))
+        after = post(server, "txt2img", {**SMALL, "prompt": "a lamp", "seed": 12}).json()
+        assert "Clip skip: 2" in image_text(after["images"][0])  # later jobs use it
+    finally:
+        assert requests.post(server.api("options"), json={"CLIP_stop_at_last_layers": 1}, timeout=60).ok
+    assert clip_skip() == 1
+
+
 def test_styles_are_applied_first_and_show_in_the_infotext(server: Server) -> None:
     body = post(server, "txt2img", {**SMALL, "prompt": "a cat", "negative_prompt": "ugly", "seed": 3,
                                     "styles": ["cinema", "sharp"]}).json()

@@ -12,9 +12,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,23 +19,18 @@ import pytest
 import torch
 from safetensors.torch import save, save_file
 
-from conftest import REPO, free_port, install_checkpoint
+from browser_support import new_page, require_browser
+from browser_support import shot as save_shot
+from conftest import install_checkpoint
 from modules import demo_model, infotext
-from test_api_server import Server, stop_server
+from test_api_server import Server, spawn_server, stop_server, wait_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytest_plugins = ["browser_support"]  # the browser and artifacts fixtures
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync", "--disable-quic"]
-TIMEOUT_MS = 60_000
 BIG = 10_000
 TE_KEY = "lora_te_text_model_encoder_layers_0_self_attn_q_proj"
-
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: run ./run_tests.sh (it installs Debian's chromium) or "
-                "apt-get install chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
+sync_api = require_browser()
 expect = sync_api.expect
 
 
@@ -61,36 +53,6 @@ def write_many_loras(folder: Path, count: int, start: int = 0) -> None:
         sub.mkdir(parents=True, exist_ok=True)
         meta = {"ss_output_name": f"many{i}", "ss_network_module": "networks.lora"}
         (sub / f"lora{i:05d}.safetensors").write_bytes(save(tensor, metadata=meta))
-
-
-def spawn(data: Path, *flags: str) -> Server:
-    port = free_port()
-    log = data / "server.log"
-    env = {**os.environ, "COMMANDLINE_ARGS": "", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "webui.py", "--data-dir", str(data), "--port", str(port), *flags],
-                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(f"http://127.0.0.1:{port}", process, data, log)
-
-
-def wait_up(server: Server, timeout: float = 400) -> Server:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        text = server.log.read_text(errors="replace")
-        if server.process.poll() is not None:
-            raise AssertionError(f"webui.py exited with {server.process.returncode}:\n{text}")
-        if "Running on local URL" in text:
-            return server
-        time.sleep(0.3)
-    server.process.kill()
-    raise AssertionError(f"webui.py did not start in {timeout}s:\n{server.log.read_text()}")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.getbasetemp() / "test-artifacts"
-    folder.mkdir(exist_ok=True)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +78,8 @@ def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, art
     big = tmp_path_factory.mktemp("webui-en-big")
     install_checkpoint(tiny_checkpoint, big / "models" / "Stable-diffusion")
     write_many_loras(big / "models" / "Lora", BIG)
-    started = {"main": spawn(data, "--ckpt", str(ckpts / "tiny.safetensors")),
-               "big": spawn(big, "--skip-load-model-at-start")}
+    started = {"main": spawn_server(data, "--ckpt", str(ckpts / "tiny.safetensors")),
+               "big": spawn_server(big, "--skip-load-model-at-start")}
     yield started
     for name, server in started.items():
         stop_server(server)
@@ -126,28 +88,16 @@ def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path, art
 
 @pytest.fixture(scope="module")
 def server(spawned: dict) -> Server:
-    return wait_up(spawned["main"])
+    return wait_up(spawned["main"], timeout=400)
 
 
 @pytest.fixture(scope="module")
 def big_server(spawned: dict) -> Server:
-    return wait_up(spawned["big"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
+    return wait_up(spawned["big"], timeout=400)
 
 
 def open_page(browser, url: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}).new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(url)
-    page.wait_for_selector(".en-tab[data-page=lora]")
-    return page
+    return new_page(browser, url, ".en-tab[data-page=lora]")
 
 
 @pytest.fixture
@@ -181,7 +131,7 @@ def negative(page):
 
 
 def shot(page, artifacts: Path, name: str) -> None:
-    page.screenshot(path=str(artifacts / f"en-{name}.png"), full_page=True)
+    save_shot(page, artifacts, f"en-{name}")
 
 
 # --------------------------------------------------------------------------------------------------------- tests

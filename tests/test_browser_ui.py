@@ -2,19 +2,15 @@
 
 Two servers run for the module (started together): the main one, and one with ``--freeze-settings``.
 Screenshots of the main flows go to ``<pytest tmp dir>/test-artifacts`` (the path is printed at the end).
-Chromium comes from Debian (``run_tests.sh`` installs it, see ``launch_utils.ensure_chromium``); Playwright never
-downloads a browser. Without Chromium or Playwright the module is skipped, saying why.
+Chromium, Playwright and the shared fixtures: :mod:`browser_support`.
 """
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from io import BytesIO
@@ -23,58 +19,19 @@ from pathlib import Path
 import pytest
 from PIL import Image, PngImagePlugin
 
-from conftest import REPO, free_port, install_checkpoint
+from browser_support import TIMEOUT_MS, new_page, require_browser, shot
+from conftest import install_checkpoint
 from modules import demo_model, infotext
-from test_api_server import Server, stop_server
+from test_api_server import Server, spawn_server, stop_server, wait_up
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+pytest_plugins = ["browser_support"]  # the browser and artifacts fixtures
 
-CHROMIUM = Path(os.environ.get("CHROMIUM_PATH") or "/usr/bin/chromium")
-LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-               "--no-first-run", "--disable-sync", "--disable-quic"]
-TIMEOUT_MS = 60_000
 SMALL = {"txt2img_steps": 4, "txt2img_width": 64, "txt2img_height": 64}
-
-if not CHROMIUM.exists():
-    pytest.skip(f"no Chromium at {CHROMIUM}: run ./run_tests.sh (it installs Debian's chromium as root) or "
-                "apt-get install chromium", allow_module_level=True)
-sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is in requirements-test.txt")
+sync_api = require_browser()
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
-def _spawn(data: Path, *flags: str) -> Server:
-    port = free_port()
-    log = data / "server.log"
-    env = {**os.environ, "COMMANDLINE_ARGS": "", "PYTHONUNBUFFERED": "1"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "webui.py", "--data-dir", str(data), "--port", str(port), *flags],
-                                   cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    return Server(f"http://127.0.0.1:{port}", process, data, log)
-
-
-def _wait_up(server: Server, timeout: float = 300) -> Server:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        text = server.log.read_text(errors="replace")
-        if server.process.poll() is not None:
-            raise AssertionError(f"webui.py exited with {server.process.returncode}:\n{text}")
-        if "Running on local URL" in text:
-            return server
-        time.sleep(0.3)
-    server.process.kill()
-    raise AssertionError(f"webui.py did not start in {timeout}s:\n{server.log.read_text()}")
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[Path]:
-    folder = tmp_path_factory.getbasetemp() / "test-artifacts"
-    folder.mkdir(exist_ok=True)
-    yield folder
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\nbrowser test screenshots and server logs: {folder}")
-
-
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
             artifacts: Path) -> Iterator[dict[str, Server]]:
@@ -87,8 +44,8 @@ def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
         csv.writer(f).writerows([["name", "prompt", "negative_prompt"], ["vivid", "{prompt}, vivid colors", "dull"]])
     frozen_data = tmp_path_factory.mktemp("webui-frozen")
     install_checkpoint(tiny_checkpoint, frozen_data / "models" / "Stable-diffusion")
-    started = {"main": _spawn(data, "--ckpt", str(folder / "tiny.safetensors")),
-               "frozen": _spawn(frozen_data, "--freeze-settings", "--skip-load-model-at-start")}
+    started = {"main": spawn_server(data, "--ckpt", str(folder / "tiny.safetensors")),
+               "frozen": spawn_server(frozen_data, "--freeze-settings", "--skip-load-model-at-start")}
     yield started
     for name, server in started.items():
         stop_server(server)
@@ -97,28 +54,16 @@ def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
 
 @pytest.fixture(scope="module")
 def server(spawned: dict[str, Server]) -> Server:
-    return _wait_up(spawned["main"])
+    return wait_up(spawned["main"])
 
 
 @pytest.fixture(scope="module")
 def frozen_server(spawned: dict[str, Server]) -> Server:
-    return _wait_up(spawned["frozen"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    with sync_api.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=LAUNCH_ARGS)
-        yield chromium
-        chromium.close()
+    return wait_up(spawned["frozen"])
 
 
 def open_page(browser, url: str):
-    page = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True).new_page()
-    page.set_default_timeout(TIMEOUT_MS)
-    page.goto(url)
-    page.wait_for_selector("#txt2img_generate")
-    return page
+    return new_page(browser, url, "#txt2img_generate", accept_downloads=True)
 
 
 @pytest.fixture
@@ -170,10 +115,6 @@ def gallery_png(page) -> bytes:
     reply = page.request.get(src)
     assert reply.ok, src
     return reply.body()
-
-
-def shot(page, artifacts: Path, name: str) -> None:
-    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
 
 
 # --------------------------------------------------------------------------------------------------------- tests
@@ -240,6 +181,29 @@ def test_seed_buttons_reuse_the_last_seed(page, artifacts: Path) -> None:
     page.locator("#txt2img_random_seed").click()
     sync_api.expect(page.locator("#txt2img_seed input")).to_have_value("-1")
     shot(page, artifacts, "02-seed-reuse")
+
+
+def test_swap_then_batch_count_times_batch_size_fill_the_gallery(page, server: Server, artifacts: Path) -> None:
+    page.locator("#txt2img_prompt textarea").fill("a batch of four")
+    set_numbers(page, {"txt2img_steps": 2, "txt2img_width": 72, "txt2img_height": 64, "txt2img_seed": 500,
+                       "txt2img_batch_count": 2, "txt2img_batch_size": 2})
+    page.locator("#txt2img_res_switch_btn").click()  # ⇅ swaps width and height
+    sync_api.expect(page.locator("#txt2img_width input[type=number]")).to_have_value("64")
+    sync_api.expect(page.locator("#txt2img_height input[type=number]")).to_have_value("72")
+    text = generate(page)
+    assert "Seed: 500, Size: 64x72," in text, text
+    thumbnails = page.locator("#txt2img_gallery img")
+    sync_api.expect(thumbnails).to_have_count(5)  # the grid first, then 2 batches x 2 images
+    with Image.open(BytesIO(gallery_png(page))) as grid:
+        assert grid.size == (2 * 64, 2 * 72)
+    texts = [_png_text(f) for f in (server.data / "outputs" / "txt2img-images").rglob("*.png")]
+    saved = sorted(int(infotext.parse(t)["Seed"]) for t in texts if t.startswith("a batch of four\n"))
+    assert saved == [500, 501, 502, 503]  # one image per seed, seed + i across both batches
+    shot(page, artifacts, "02b-batch-gallery")
+    thumbnails.nth(4).click()  # the last sample: its own infotext, and ♻️ reuses its seed
+    sync_api.expect(page.locator("#html_info_txt2img textarea")).to_have_value(re.compile(r"Seed: 503, Size: 64x72"))
+    page.locator("#txt2img_reuse_seed").click()
+    sync_api.expect(page.locator("#txt2img_seed input")).to_have_value("503")
 
 
 def test_progress_queue_and_interrupt(browser, server: Server, artifacts: Path) -> None:
@@ -336,6 +300,11 @@ def test_png_info_round_trip_restores_every_field(browser, server: Server, artif
         assert text_of(page, "txt2img_sampling") == "Euler" and number(page, "txt2img_clip_skip") == 1
     finally:
         page.context.close()
+
+
+def _png_text(path: Path) -> str:
+    with Image.open(path) as image:
+        return infotext.read_from_image(image) or ""
 
 
 def _options(page, elem_id: str) -> list[str]:

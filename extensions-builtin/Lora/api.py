@@ -1,8 +1,9 @@
 """A1111's LoRA routes: ``GET /sdapi/v1/loras`` and ``POST /sdapi/v1/refresh-loras``.
 
 A1111 registers them on the app itself (``on_app_started``), not on its API router, so they answer without
-``--api`` and without ``--api-auth`` credentials. The app mounts this router the same way: separately from the
-authenticated ``/sdapi/v1`` router.
+``--api`` — and, by an oversight, without ``--api-auth`` credentials. The app mounts this router separately from the
+``/sdapi/v1`` router, so it answers without ``--api`` as in A1111, but with the same HTTP Basic check as every other
+API route (issue 5: "HTTP Basic on every API route").
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ if TYPE_CHECKING:
 
 
 def create_router(library: LoraLibrary) -> APIRouter:
-    """The two public LoRA routes over ``library``."""
+    """The two LoRA routes over ``library`` (mounted outside the ``--api`` router)."""
     router = APIRouter(tags=["LoRA"])
 
     @router.get("/sdapi/v1/loras", response_model=None)

@@ -20,6 +20,10 @@ from modules.api.safety import NameRefusedError
 from modules.options import OPTIONS
 from modules.state import AppState
 
+#: Flags whose values are passwords (``user:password,...``): ``/cmd-flags`` shows :data:`HIDDEN` instead.
+SECRET_FLAGS = frozenset({"api_auth", "gradio_auth"})
+HIDDEN = "<hidden>"
+
 
 def add_routes(router: APIRouter, state: AppState, run_job) -> None:
     _settings_routes(router, state, run_job)
@@ -49,7 +53,7 @@ def _settings_routes(router: APIRouter, state: AppState, run_job) -> None:
 
     @router.get("/cmd-flags")
     def cmd_flags() -> dict[str, Any]:
-        return vars(state.args)
+        return public_flags(vars(state.args))
 
     @router.get("/prompt-styles", response_model=list[models.PromptStyleItem])
     def prompt_styles() -> list[models.PromptStyleItem]:
@@ -57,6 +61,15 @@ def _settings_routes(router: APIRouter, state: AppState, run_job) -> None:
         database.reload()  # A1111 reads styles.csv at start; re-reading lets edits show without a restart
         return [models.PromptStyleItem(name=s.name, prompt=s.prompt, negative_prompt=s.negative_prompt)
                 for s in database.styles]
+
+
+def public_flags(flags: dict[str, Any]) -> dict[str, Any]:
+    """The command-line flags as ``/cmd-flags`` shows them: credentials replaced by ``HIDDEN``.
+
+    A1111 returns them as given, passwords included. Here ``/sdapi/v1`` is open to anyone without --api-auth,
+    even when --gradio-auth protects the page, so a password must never be part of an answer.
+    """
+    return {key: (HIDDEN if key in SECRET_FLAGS and value else value) for key, value in flags.items()}
 
 
 def _try_vae(state: AppState, name: object) -> None:
