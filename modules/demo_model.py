@@ -1,4 +1,9 @@
-"""The tiny SD1.5-layout checkpoint: the demo model when no checkpoint exists, and the tests' fixture factory.
+"""The tiny SD1.5-layout checkpoint: the tests' fixture factory, and the shipped trained demo model's installer.
+
+Two models share one layout and one writer here. The *random-weight* tiny model (:func:`write_checkpoint`,
+:func:`ensure_demo_checkpoint`) is the tests' fixture and the last-resort fallback. The *trained* demo model
+(``models/demo``, made by ``scripts/train_demo_model.py``) is what the launcher installs when there is no
+checkpoint (:func:`install_trained_demo`).
 
 It has every part of a real SD1.5 checkpoint — an LDM UNet with cross-attention and a mid block, a KL VAE
 with an 8x downscale, a CLIP text encoder with the real 49408-token vocabulary — at a few MB, with random
@@ -16,11 +21,18 @@ from pathlib import Path
 import torch
 import yaml
 
-from modules import ldm_format
+from modules import hashes, ldm_format
 
 logger = logging.getLogger(__name__)
 
 DEMO_NAME = "demo-tiny-sd15"
+#: The trained demo model shipped in the repository (``scripts/train_demo_model.py`` writes it).
+TRAINED_NAME = "demo-shapes-sd15"
+SHIPPED_DIR = Path(__file__).resolve().parent.parent / "models" / "demo"
+
+
+class DemoModelError(ValueError):
+    """The shipped trained demo model is missing or does not match its checksum."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,10 +84,12 @@ def build_components(spec: TinySpec = TinySpec(), seed: int = 0) -> tuple[torch.
     return unet, vae, text_encoder
 
 
-def sidecar_config(spec: TinySpec = TinySpec()) -> dict[str, object]:
+def sidecar_config(spec: TinySpec = TinySpec(), scale_factor: float = 0.18215) -> dict[str, object]:
     """The LDM-style ``.yaml`` (A1111's per-checkpoint config convention) describing the tiny shapes.
 
     ``cond_stage_config.params.text_config`` is our addition: CLIP's head count cannot be read off tensors.
+    ``scale_factor`` is the latent scaling (SD's 0.18215); a VAE trained from scratch brings its own, which
+    diffusers' single-file loader reads from this key.
     """
     unet = {
         "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": spec.unet_channels[0],
@@ -96,7 +110,7 @@ def sidecar_config(spec: TinySpec = TinySpec()) -> dict[str, object]:
         "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
         "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
         "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
-        "scale_factor": 0.18215, "use_ema": False,
+        "scale_factor": scale_factor, "use_ema": False,
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet},
         "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
             "embed_dim": 4, "monitor": "val/rec_loss", "ddconfig": ddconfig,
@@ -123,9 +137,20 @@ def write_checkpoint(path: Path, spec: TinySpec = TinySpec(), seed: int = 0,
     Returns:
         ``path``.
     """
+    unet, vae, text_encoder = build_components(spec, seed)
+    return save_components(path, (unet, vae, text_encoder), spec, dtype)
+
+
+def save_components(path: Path, components: tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module],
+                    spec: TinySpec, dtype: torch.dtype = torch.float32, scale_factor: float = 0.18215) -> Path:
+    """Write ``(unet, vae, text_encoder)`` with ``spec``'s shapes as a single-file LDM checkpoint + sidecar.
+
+    Shared by the random-weight fixture (:func:`write_checkpoint`) and the trainer of the shipped demo model
+    (``modules.training.base_model``), so both produce files through exactly the same code.
+    """
     from safetensors.torch import save_file
 
-    unet, vae, text_encoder = build_components(spec, seed)
+    unet, vae, text_encoder = components
     state_dict = ldm_format.pipeline_to_ldm(unet, vae, text_encoder)
     state_dict = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -139,7 +164,8 @@ def write_checkpoint(path: Path, spec: TinySpec = TinySpec(), seed: int = 0,
     else:
         raise ValueError(f"unsupported checkpoint suffix {path.suffix!r}: use .safetensors or .ckpt")
     tmp.replace(path)
-    path.with_suffix(".yaml").write_text(yaml.safe_dump(sidecar_config(spec), sort_keys=False), encoding="utf-8")
+    sidecar = sidecar_config(spec, scale_factor)
+    path.with_suffix(".yaml").write_text(yaml.safe_dump(sidecar, sort_keys=False), encoding="utf-8")
     logger.info("Wrote tiny SD1.5-layout checkpoint: file=%s tensors=%d", path, len(state_dict))
     return path
 
@@ -150,3 +176,50 @@ def ensure_demo_checkpoint(ckpt_dir: Path) -> Path:
     if not path.exists() or not path.with_suffix(".yaml").exists():
         write_checkpoint(path)
     return path
+
+
+def shipped_checkpoint(folder: Path | None = None) -> Path:
+    """The shipped trained demo checkpoint (in ``folder``, default :data:`SHIPPED_DIR`), checked against its ``.sha256``.
+
+    Raises:
+        DemoModelError: the checkpoint, its sidecar ``.yaml`` or its checksum file is missing, or the hash differs
+            (a partial checkout, a Git LFS pointer, a corrupted file).
+    """
+    path = (folder or SHIPPED_DIR) / f"{TRAINED_NAME}.safetensors"
+    checksum = path.with_name(path.name + ".sha256")
+    for needed in (path, path.with_suffix(".yaml"), checksum):
+        if not needed.is_file():
+            raise DemoModelError(f"{needed} is missing")
+    expected = checksum.read_text(encoding="utf-8").split()[0].lower()
+    actual = hashes.sha256_of_file(path)
+    if actual != expected:
+        raise DemoModelError(f"{path.name} has sha256 {actual[:10]}, its .sha256 file says {expected[:10]}")
+    return path
+
+
+def install_trained_demo(ckpt_dir: Path, folder: Path | None = None) -> Path:
+    """Copy the shipped trained demo model (checksum-verified) into ``ckpt_dir``; returns the copy.
+
+    Copying, rather than teaching checkpoint discovery about ``models/demo``, makes it behave like A1111's SD 1.5
+    download: the demo then is an ordinary checkpoint in the user's folder (listed, hashed, selectable, deletable),
+    and ``models/demo`` stays a read-only source that ``git pull`` may update. An existing copy with the right
+    bytes is kept; a damaged one is replaced.
+
+    Raises:
+        DemoModelError: the shipped files are missing or damaged (see :func:`shipped_checkpoint`).
+    """
+    import shutil
+
+    source = shipped_checkpoint(folder)
+    target = ckpt_dir / source.name
+    expected = hashes.sha256_of_file(source)
+    if not (target.is_file() and target.with_suffix(".yaml").is_file() and hashes.sha256_of_file(target) == expected):
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        for src, dst in ((source.with_suffix(".yaml"), target.with_suffix(".yaml")), (source, target)):
+            tmp = dst.with_name(dst.name + ".tmp")
+            shutil.copyfile(src, tmp)
+            tmp.replace(dst)
+        logger.info("Installed the trained demo model: %s", target)
+    return target
+
+

@@ -1,8 +1,13 @@
 """Build the :class:`AppState` from parsed flags and choose the checkpoint to start with.
 
 With no checkpoint present, A1111 downloads SD 1.5 unless ``--no-download-sd-model``. We try the same
-download; when it cannot work (offline, or refused) we fall back to the tiny demo model and say so
+download; when it cannot work (offline, or refused) we fall back to the demo model and say so
 visibly (log and a notice at the top of the UI). ``--demo`` goes straight to the demo model.
+
+The demo model is the tiny checkpoint trained on coloured shapes that ships in ``models/demo`` (see
+docs/demo_model.md): it is checked against its ``.sha256`` and copied into the checkpoint folder, as A1111's
+download would put SD 1.5 there. Only if those files are missing or damaged is the random-weight tiny model
+(the tests' fixture) generated instead, and the notice says so.
 """
 
 from __future__ import annotations
@@ -62,7 +67,7 @@ def choose_startup_checkpoint(state: AppState, download_url: str = SD15_URL) -> 
     """The checkpoint to load at start, making one available when there is none (download, else demo)."""
     args, models = state.args, state.models
     if args.demo:
-        return _use_demo(state, "Demo mode (--demo): the tiny random-weight demo model is loaded.")
+        return _use_demo(state, "Demo mode (--demo)")
     if models.extra_ckpt is not None:
         for info in models.checkpoints:
             if info.path == models.extra_ckpt:
@@ -78,20 +83,28 @@ def choose_startup_checkpoint(state: AppState, download_url: str = SD15_URL) -> 
                 logger.warning("Checkpoint %r from the settings is gone; using the first one found.", wanted)
         return models.checkpoints[0]
     if args.no_download_sd_model:
-        return _use_demo(state, "No checkpoint in models/Stable-diffusion and --no-download-sd-model is set: "
-                                "the tiny demo model (random weights) is loaded. Put an SD 1.5 .safetensors there.")
+        return _use_demo(state, "No checkpoint in models/Stable-diffusion and --no-download-sd-model is set",
+                         f"Put an SD 1.5 .safetensors file in {state.paths.ckpt_dir} and press refresh.")
     try:
         path = download_checkpoint(download_url, state.paths.ckpt_dir / SD15_FILE, SD15_SHORTHASH)
     except (OSError, ValueError) as e:
         return _use_demo(state, f"No checkpoint in models/Stable-diffusion, and SD 1.5 could not be downloaded "
-                                f"({e}). The tiny demo model (random weights) is loaded instead: put an SD 1.5 "
-                                f".safetensors file in {state.paths.ckpt_dir} and press refresh.")
+                                f"({e})", f"Put an SD 1.5 .safetensors file in {state.paths.ckpt_dir} and press refresh.")
     models.refresh()
     return models.find(path.name)
 
 
-def _use_demo(state: AppState, notice: str) -> CheckpointInfo:
-    path = demo_model.ensure_demo_checkpoint(state.paths.ckpt_dir)
+def _use_demo(state: AppState, reason: str, advice: str = "") -> CheckpointInfo:
+    """Install and pick the trained demo model (or, if its shipped files are damaged, the random one); tell why."""
+    try:
+        path = demo_model.install_trained_demo(state.paths.ckpt_dir)
+        what = ("the demo model trained on coloured shapes is loaded (a tiny model: it draws one coloured circle, "
+                "square, triangle or star on a plain background, e.g. \"a red circle on a blue background\")")
+    except (demo_model.DemoModelError, OSError) as e:
+        path = demo_model.ensure_demo_checkpoint(state.paths.ckpt_dir)
+        what = (f"the shipped demo model is unusable ({e}), so the tiny demo model with random weights is loaded "
+                "(its images are noise)")
+    notice = f"{reason}: {what}." + (f" {advice}" if advice else "")
     state.models.refresh()
     logger.warning(notice)
     state.notices.append(notice)

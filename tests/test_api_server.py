@@ -219,7 +219,7 @@ def test_ui_without_api_and_demo_fallback(tmp_path: Path) -> None:
     try:
         assert requests.get(server.url + "/", timeout=60).status_code == 200
         assert requests.get(server.url + "/sdapi/v1/sd-models", timeout=30).status_code == 404
-        assert (tmp_path / "data" / "models" / "Stable-diffusion" / "demo-tiny-sd15.safetensors").exists()
+        assert (tmp_path / "data" / "models" / "Stable-diffusion" / "demo-shapes-sd15.safetensors").exists()
         assert "demo model" in server.log.read_text()
     finally:
         stop_server(server)

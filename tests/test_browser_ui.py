@@ -392,3 +392,48 @@ def test_styles_apply_and_save(page, server: Server, artifacts: Path) -> None:
     assert {"name": "mine", "prompt": "a house, vivid colors", "negative_prompt": "dull"} in rows
     assert "mine" in _options(page, "txt2img_styles")
     shot(page, artifacts, "10-styles")
+
+
+def test_refresh_lists_new_files_and_the_vae_dropdown_applies(page, server: Server, artifacts: Path,
+                                                              tmp_path: Path) -> None:
+    """Files dropped in while the page is open appear after 🔄; a VAE chosen at the top is used and named."""
+    from safetensors.torch import save_file
+
+    from modules import model_loading
+
+    folder = server.data / "models" / "Stable-diffusion"
+    assert not any(t.startswith("late") for t in _options(page, "setting_sd_model_checkpoint"))  # not there yet
+    assert "late-vae.safetensors" not in _options(page, "setting_sd_vae")
+    demo_model.write_checkpoint(folder / "late.safetensors", seed=9)
+    source = demo_model.write_checkpoint(tmp_path / "vae-src.safetensors", seed=3)
+    vae = {k[len("first_stage_model."):]: v for k, v in model_loading.read_state_dict(source).items()
+           if k.startswith("first_stage_model.")}
+    (server.data / "models" / "VAE").mkdir(parents=True, exist_ok=True)
+    save_file(vae, str(server.data / "models" / "VAE" / "late-vae.safetensors"))
+    page.locator("#refresh_sd_model_checkpoint").click()
+    deadline = time.time() + 30
+    # titled without a hash until it is first loaded, as A1111 (hashing 4 GB files just to list them is slow)
+    while "late.safetensors" not in _options(page, "setting_sd_model_checkpoint"):
+        assert time.time() < deadline, f"the new checkpoint never appeared after refresh: {_options(page, 'setting_sd_model_checkpoint')}"
+        time.sleep(0.5)
+    assert "late-vae.safetensors" in _options(page, "setting_sd_vae")
+    before = text_of(page, "setting_sd_vae")
+    choose(page, "setting_sd_vae", "late-vae.safetensors")
+    _wait_for_saved(server, "sd_vae", "late-vae.safetensors")
+    try:
+        page.locator("#txt2img_prompt textarea").fill("a vae test")
+        set_numbers(page, SMALL)
+        text = generate(page)
+        assert "VAE: late-vae" in text, text
+        shot(page, artifacts, "11-vae-chosen")
+    finally:
+        choose(page, "setting_sd_vae", before)
+        _wait_for_saved(server, "sd_vae", before)
+
+
+def _wait_for_saved(server: Server, key: str, value: object, timeout: float = 30) -> None:
+    """Wait until the server's config.json holds ``key: value`` (a quicksetting is saved when it is applied)."""
+    path, deadline = server.data / "config.json", time.time() + timeout
+    while not (path.exists() and json.loads(path.read_text(encoding="utf-8") or "{}").get(key) == value):
+        assert time.time() < deadline, f"{key}={value!r} was not saved to {path} within {timeout}s"
+        time.sleep(0.2)

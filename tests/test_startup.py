@@ -55,7 +55,7 @@ def test_unreachable_download_falls_back_to_the_demo_with_a_notice(tmp_path: Pat
     state = _state(tmp_path)
     closed = f"http://127.0.0.1:{free_port()}/v1-5-pruned-emaonly.safetensors"
     info = initialize.choose_startup_checkpoint(state, download_url=closed)
-    assert info.name == "demo-tiny-sd15.safetensors"
+    assert info.name == "demo-shapes-sd15.safetensors"
     assert info.path.with_suffix(".yaml").exists()
     assert len(state.notices) == 1 and "could not be downloaded" in state.notices[0]
     assert not list(state.paths.ckpt_dir.glob("*.part"))  # no partial download left behind
@@ -64,7 +64,7 @@ def test_unreachable_download_falls_back_to_the_demo_with_a_notice(tmp_path: Pat
 def test_no_download_flag_never_asks_the_network(tmp_path: Path, server: _Server) -> None:
     state = _state(tmp_path, "--no-download-sd-model")
     info = initialize.choose_startup_checkpoint(state, download_url=server.url)
-    assert info.name == "demo-tiny-sd15.safetensors" and server.hits == 0
+    assert info.name == "demo-shapes-sd15.safetensors" and server.hits == 0
     assert "--no-download-sd-model" in state.notices[0]
 
 
@@ -81,7 +81,7 @@ def test_download_is_used_when_it_works_and_is_verified(tmp_path: Path, server: 
 def test_download_with_the_wrong_hash_is_discarded(tmp_path: Path, server: _Server) -> None:
     state = _state(tmp_path)
     info = initialize.choose_startup_checkpoint(state, download_url=server.url)  # tiny bytes ≠ SD1.5's hash
-    assert info.name == "demo-tiny-sd15.safetensors"
+    assert info.name == "demo-shapes-sd15.safetensors"
     assert "expected 6ce0161689" in state.notices[0]
     assert not (state.paths.ckpt_dir / "v1-5-pruned-emaonly.safetensors").exists()
 
@@ -91,7 +91,7 @@ def test_existing_checkpoint_wins_and_demo_flag_forces_the_demo(tmp_path: Path, 
     install_checkpoint(tiny_checkpoint, tmp_path / "data" / "models" / "Stable-diffusion", "mine.safetensors")
     assert initialize.choose_startup_checkpoint(_state(tmp_path), server.url).name == "mine.safetensors"
     demo = _state(tmp_path, "--demo")
-    assert initialize.choose_startup_checkpoint(demo, server.url).name == "demo-tiny-sd15.safetensors"
+    assert initialize.choose_startup_checkpoint(demo, server.url).name == "demo-shapes-sd15.safetensors"
     assert server.hits == 0 and "--demo" in demo.notices[0]
 
 

@@ -146,12 +146,13 @@ class JobRunner:
 
 def create_router(state: AppState) -> APIRouter:
     """All /sdapi/v1 routes, bound to ``state`` (behind HTTP Basic with --api-auth)."""
-    from modules.api import generation, listings
+    from modules.api import generation, listings, training
 
     router = APIRouter(prefix="/sdapi/v1", dependencies=auth_dependencies(state.args.api_auth))
     run_job = JobRunner(state)
     generation.add_routes(router, state, run_job)
     listings.add_routes(router, state, run_job)
+    training.add_routes(router, state, run_job)
     return router
 
 

@@ -16,6 +16,7 @@ from modules import processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
+from modules.ui import train
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +71,8 @@ def create_ui(state: AppState) -> gr.Blocks:
                 controls, progress_html = _txt2img_tab(state, checkpoint)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 parameters, send = png_info.create_tab(state)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train.create_tab(state)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 setting_controls, submit, _ = settings.create_tab(state)
 
