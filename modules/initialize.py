@@ -100,6 +100,7 @@ def _use_demo(state: AppState, reason: str, advice: str = "") -> CheckpointInfo:
         path = demo_model.install_trained_demo(state.paths.ckpt_dir)
         what = ("the demo model trained on coloured shapes is loaded (a tiny model: it draws one coloured circle, "
                 "square, triangle or star on a plain background, e.g. \"a red circle on a blue background\")")
+        what += _install_demo_networks(state)
     except (demo_model.DemoModelError, OSError) as e:
         path = demo_model.ensure_demo_checkpoint(state.paths.ckpt_dir)
         what = (f"the shipped demo model is unusable ({e}), so the tiny demo model with random weights is loaded "
@@ -109,6 +110,25 @@ def _use_demo(state: AppState, reason: str, advice: str = "") -> CheckpointInfo:
     logger.warning(notice)
     state.notices.append(notice)
     return state.models.find(path.name)
+
+
+def _install_demo_networks(state: AppState) -> str:
+    """Copy the shipped demo LoRA, embedding and hypernetwork into the user's folders; the notice's addition.
+
+    Checksum-verified, like the demo model; a card the user edited is kept. A failure costs only the demo networks.
+    """
+    from modules.training.demo_networks import install_demo_networks
+
+    try:
+        if not install_demo_networks(state.paths):
+            return ""
+    except OSError as e:
+        logger.warning("The demo networks could not be installed: %s", e)
+        return ""
+    for library in state.libraries.values():
+        library.refresh()
+    return ("; the demo LoRA, embedding and hypernetwork (demo-stars, demo-sunset, demo-warm) are in the Extra "
+            "Networks panel")
 
 
 def download_checkpoint(url: str, dest: Path, shorthash: str | None, timeout: float = 20.0) -> Path:

@@ -58,6 +58,8 @@ def test_unreachable_download_falls_back_to_the_demo_with_a_notice(tmp_path: Pat
     assert info.name == "demo-shapes-sd15.safetensors"
     assert info.path.with_suffix(".yaml").exists()
     assert len(state.notices) == 1 and "could not be downloaded" in state.notices[0]
+    assert (state.paths.lora_dir / "demo-stars.safetensors").is_file() and "demo-stars" in state.notices[0]
+    assert {n["name"] for n in state.libraries["lora"].api_list()} >= {"demo-stars"}  # listed without a refresh
     assert not list(state.paths.ckpt_dir.glob("*.part"))  # no partial download left behind
 
 
