@@ -102,6 +102,7 @@ class Options:
         self._foreign: dict[str, object] = {}
         self._callbacks: dict[str, list[ChangeCallback]] = {}
         self._lock = threading.RLock()
+        self._save_lock = threading.Lock()  # one writer of config.json at a time (UI and API threads both save)
 
     # -- reading -------------------------------------------------------------------------------------------
     def __getitem__(self, key: str) -> Any:
@@ -193,10 +194,11 @@ class Options:
         """Write all settings (ours and foreign ones) to config.json atomically."""
         if self._path is None:
             return
-        text = json.dumps(self.as_dict(), indent=4, ensure_ascii=False)
-        tmp = self._path.with_suffix(self._path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(self._path)
+        with self._save_lock:  # the snapshot is taken inside, so the last writer writes the latest values
+            text = json.dumps(self.as_dict(), indent=4, ensure_ascii=False)
+            tmp = self._path.with_suffix(self._path.suffix + ".tmp")
+            tmp.write_text(text, encoding="utf-8")
+            tmp.replace(self._path)
 
 
 def validate(key: str, value: object) -> object:

@@ -70,3 +70,29 @@ def test_snapshot_overrides_do_not_leak(tmp_path: Path) -> None:
     assert snap["CLIP_stop_at_last_layers"] == 3 and opts["CLIP_stop_at_last_layers"] == 1
     with pytest.raises(ValueError):
         opts.snapshot({"CLIP_stop_at_last_layers": "three"})
+
+
+def test_concurrent_saves_never_collide_and_keep_the_latest_values(tmp_path: Path) -> None:
+    """The UI's quicksettings and the API save from different threads; a shared temp file once made one fail."""
+    import threading
+
+    opts = Options(tmp_path / "config.json")
+    errors: list[BaseException] = []
+
+    def worker(steps: int) -> None:
+        try:
+            for _ in range(40):
+                opts.set("show_progress_every_n_steps", steps)
+                opts.save()
+        except BaseException as e:  # noqa: BLE001 - any failure is the finding
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in (3, 7, 11, 13)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    saved = json.loads((tmp_path / "config.json").read_text(encoding="utf-8"))
+    assert saved["show_progress_every_n_steps"] == opts["show_progress_every_n_steps"]
+    assert not (tmp_path / "config.json.tmp").exists()
