@@ -38,21 +38,26 @@ def vae_choices(state: AppState) -> list[str]:
     return VAE_CHOICES_FIXED + [v.name for v in state.models.vaes]
 
 
-def switch_checkpoint(state: AppState, title: str) -> None:
-    """Make ``title`` the checkpoint (loaded on the job queue's worker, after the jobs already waiting)."""
+def apply_setting(state: AppState, key: str, value: object) -> None:
+    """Set and save one setting on the job queue's worker (after the jobs already waiting), as a quicksetting does.
+
+    A refused value (unknown, invalid, frozen settings) becomes a ``gr.Error`` the page shows.
+    """
     try:
-        state.queue.run(state.opts.set, "sd_model_checkpoint", title)
+        state.queue.run(state.opts.set, key, value)
         state.opts.save()
     except (ValueError, LookupError, PermissionError) as e:
         raise gr.Error(str(e)) from e
+
+
+def switch_checkpoint(state: AppState, title: str) -> None:
+    """Make ``title`` the checkpoint (loaded on the job queue's worker, after the jobs already waiting)."""
+    apply_setting(state, "sd_model_checkpoint", title)
 
 
 def switch_vae(state: AppState, name: str) -> None:
-    try:
-        state.queue.run(state.opts.set, "sd_vae", name)
-        state.opts.save()
-    except (ValueError, LookupError, PermissionError) as e:
-        raise gr.Error(str(e)) from e
+    """Make ``name`` the VAE setting; the next job applies it."""
+    apply_setting(state, "sd_vae", name)
 
 
 def clamp(component: object, value: object) -> object:

@@ -26,6 +26,7 @@ from typing import Any
 
 import gradio as gr
 
+from modules.ui import common
 from modules.ui import extra_networks_cards as en_cards
 from modules.ui.extra_networks_pages import SD_VERSIONS
 from modules.ui.extra_networks_routes import static_version
@@ -76,13 +77,9 @@ mount();
 
 def select_checkpoint(state: Any, title: str) -> Any:
     """Switch the model as the dropdown does; answers the dropdown's new choices and value."""
-    try:
-        state.queue.run(state.opts.set, "sd_model_checkpoint", title)
-        state.opts.save()
-    except (ValueError, LookupError, PermissionError) as e:
-        raise gr.Error(str(e)) from e
+    common.switch_checkpoint(state, title)
     current = state.models.current
-    return gr.update(choices=[i.title for i in state.models.checkpoints], value=current.info.title if current else None)
+    return gr.update(choices=common.checkpoint_titles(state), value=current.info.title if current else None)
 
 
 def make_server_functions(state: Any, ui: en_cards.ExtraNetworksUI) -> list:
