@@ -23,5 +23,9 @@
 # Package installed by --xformers (default: xformers==0.0.35)
 #export XFORMERS_PACKAGE="xformers==0.0.35"
 
+# webui.sh keeps freed memory in the process on Linux (MALLOC_MMAP_THRESHOLD_ / MALLOC_TRIM_THRESHOLD_, 4 GiB):
+# CPU generation is much faster, and the process does not shrink after a peak. Set 1 to keep glibc's defaults.
+#export NO_MALLOC_TUNING=1
+
 # Script run by webui.sh (default: launch.py)
 #export LAUNCH_SCRIPT="launch.py"

@@ -21,6 +21,16 @@ if [[ $(id -u) -eq 0 ]]; then
     echo "webui.sh: warning: running as root; a normal user account is safer." >&2
 fi
 
+# glibc's malloc gives every large buffer back to the kernel when it is freed and gets it again, as fresh zeroed
+# pages, on the next UNet step: on the CPU that page-fault work was half of a full-size SD1.5 step
+# (benchmarks/merged_step.py, docs/benchmarks.md). Keeping freed memory in the process for reuse removes it; A1111
+# preloads tcmalloc for the same reason. A value you set yourself (e.g. in webui-user.sh) wins; NO_MALLOC_TUNING=1
+# keeps glibc's defaults.
+if [[ "$(uname -s)" == "Linux" && -z "${NO_MALLOC_TUNING:-}" ]]; then
+    export MALLOC_MMAP_THRESHOLD_="${MALLOC_MMAP_THRESHOLD_:-4294967296}"
+    export MALLOC_TRIM_THRESHOLD_="${MALLOC_TRIM_THRESHOLD_:-4294967296}"
+fi
+
 python_cmd="${python_cmd:-python3}"
 venv_dir="${venv_dir:-venv}"
 LAUNCH_SCRIPT="${LAUNCH_SCRIPT:-launch.py}"

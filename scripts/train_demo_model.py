@@ -1,6 +1,6 @@
 """Train the demo model (a tiny SD1.5-layout checkpoint) on synthetic coloured shapes and write it to models/demo/.
 
-    python scripts/train_demo_model.py                 # the shipped model: ~25 min on a shared 2-core CPU
+    python scripts/train_demo_model.py                 # the shipped model: ~28 min on an idle 2-core CPU
     python scripts/train_demo_model.py --quick --out /tmp/q.safetensors   # a smoke run, seconds
 
 Writes ``<out>.safetensors`` (fp16, single-file LDM layout), ``<out>.yaml`` (sidecar config) and
@@ -27,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=None, help="override the fixed seed")
     parser.add_argument("--steps", type=int, default=None, help="override the UNet+text-encoder steps")
     parser.add_argument("--vae-steps", type=int, default=None, help="override the VAE steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default 1; see docs/demo_model.md)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default 2, the 2-core budget; 1 on a busy machine, see docs/demo_model.md)")
     parser.add_argument("--fp32", action="store_true", help="store fp32 weights instead of fp16")
     return parser.parse_args(argv)
 

@@ -58,7 +58,7 @@ RECIPES: dict[str, Recipe] = {
     dn.STARS.name: Recipe(images=320, steps=800, learn_rate="4e-3:500, 2e-3", batch_size=8),
     dn.STRIPES.name: Recipe(images=160, steps=800, learn_rate="5e-3", batch_size=8),
     dn.TEAL.name: Recipe(images=160, steps=600, learn_rate="5e-3", batch_size=8),
-    dn.SUNSET.name: Recipe(images=160, steps=500, learn_rate="5e-3", batch_size=8),
+    dn.SUNSET.name: Recipe(images=160, steps=500, learn_rate="2e-2", batch_size=8),
     dn.WARM.name: Recipe(images=320, steps=600, learn_rate="1e-3:400, 5e-4", batch_size=8),
 }
 QUICK = Recipe(images=8, steps=4, learn_rate="1e-3", batch_size=2)
@@ -77,6 +77,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="a few steps on a few images (smoke test)")
     parser.add_argument("--steps", type=int, default=None, help="override every network's step count")
+    parser.add_argument("--learn-rate", default=None, help="override every network's learning-rate schedule")
     return parser.parse_args(argv)
 
 
@@ -111,12 +112,13 @@ def train_one(state, network: dn.DemoNetwork, recipe: Recipe, data: Path, seed: 
 
 
 def write_preview(state, network: dn.DemoNetwork, path: Path, seed: int) -> Path:
-    """A 2x2 grid (shown at 256x256) of :data:`PREVIEW_PROMPTS` with the network on, made like a user's images."""
+    """A 2x2 grid (shown at 256x256) of :data:`PREVIEW_PROMPTS` with the network on at its card's preferred weight."""
     from PIL import Image
 
     from modules.training.demo_networks import generate
 
-    images = [generate(state, network.prompt(prompt), seed=seed, count=1, steps=20)[0] for prompt in PREVIEW_PROMPTS]
+    images = [generate(state, network.prompt(prompt, network.preferred_weight), seed=seed, count=1, steps=20)[0]
+              for prompt in PREVIEW_PROMPTS]
     side = images[0].width
     sheet = Image.new("RGB", (2 * side, 2 * side))
     for i, image in enumerate(images):
@@ -145,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for network in chosen:
                 recipe = QUICK if args.quick else RECIPES[network.name]
-                if args.steps:
-                    recipe = Recipe(recipe.images, args.steps, recipe.learn_rate, recipe.batch_size)
+                if args.steps or args.learn_rate:
+                    recipe = Recipe(recipe.images, args.steps or recipe.steps, args.learn_rate or recipe.learn_rate,
+                                    recipe.batch_size)
                 seed = args.seed + dn.CANDIDATES.index(network)  # the same with or without --only
                 start = time.perf_counter()
                 pairs = dn.training_pairs(network, recipe.images, seed)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from modules import cmd_args, demo_model, initialize
@@ -86,6 +87,31 @@ def test_noise_schedule_is_sd15s() -> None:
 
     reference = DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     assert np.allclose(base_model.noise_schedule().numpy(), reference.alphas_cumprod.numpy(), atol=1e-6)
+
+
+def test_min_snr_weights_cap_only_the_nearly_clean_timesteps() -> None:
+    from diffusers import DDPMScheduler
+
+    alphas = torch.tensor(DDPMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                        beta_schedule="scaled_linear").alphas_cumprod.numpy())
+    snr = alphas / (1 - alphas)
+    weights = base_model.min_snr_weights(base_model.noise_schedule(), gamma=5.0)
+    noisy = snr <= 5.0
+    assert noisy.any() and (~noisy).any()
+    assert torch.allclose(weights[noisy], torch.ones(int(noisy.sum())), atol=1e-5)  # SNR <= 5: weight 1
+    assert torch.allclose(weights[~noisy], 5.0 / snr[~noisy], rtol=1e-4)
+    assert weights[0] < 0.01 and bool((weights[1:] >= weights[:-1] - 1e-6).all())  # rises with the noise
+
+
+def test_narrow_posterior_start_gives_the_decoder_clean_latents() -> None:
+    _, vae, _ = demo_model.build_components(demo_model.TinySpec(), seed=0)
+    x = base_model.to_tensor([shapes.render(shapes.Scene("star", "red", "blue"))])
+    with torch.no_grad():
+        default_std = vae.encode(x).latent_dist.std
+        base_model._start_with_narrow_posterior(vae, logvar=-8.0)
+        posterior = vae.encode(x).latent_dist
+    assert float(default_std.mean()) > 0.3  # diffusers' fresh encoder: sampling noise about as large as the signal
+    assert torch.allclose(posterior.std, torch.full_like(posterior.std, float(np.exp(-4.0))), rtol=1e-4)
 
 
 def test_quick_training_lowers_losses_and_writes_a_loadable_checkpoint(tmp_path: Path, evaluate_demo) -> None:

@@ -26,7 +26,7 @@ LAUNCH = REPO / "launch.py"
 #: Settings a developer may have exported; each test starts without them.
 USER_VARIABLES = ("COMMANDLINE_ARGS", "TORCH_COMMAND", "REQS_FILE", "TEST_REQS_FILE", "XFORMERS_PACKAGE",
                   "LAUNCH_SCRIPT", "venv_dir", "python_cmd", "VIRTUAL_ENV", "PYTHONPATH", "SD_WEBUI_RESTART",
-                  "CHROMIUM_PATH", "APT_GET")
+                  "CHROMIUM_PATH", "APT_GET", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "NO_MALLOC_TUNING")
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -147,6 +147,44 @@ def test_webui_sh_passes_arguments_exactly(tmp_path: Path, webui_copy: Path) -> 
     assert run["COMMANDLINE_ARGS"] == "--from-user-file"  # webui-user.sh was read
     assert run["SD_WEBUI_RESTART"] == "tmp/restart"
     assert not (webui_copy / "venv").exists()
+
+
+MALLOC_PROBE = """import resource
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+buffer = bytearray(64 << 20)  # 64 MiB: far above glibc's default mmap threshold
+del buffer
+before = faults()
+for _ in range(5):
+    buffer = bytearray(64 << 20)  # zero-filled: every page is touched
+    del buffer
+with open('malloc.json', 'w') as f:
+    json.dump({'faults': faults() - before, 'mmap': os.environ.get('MALLOC_MMAP_THRESHOLD_')}, f)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning is Linux-only")
+@pytest.mark.parametrize("setting", ["default", "NO_MALLOC_TUNING", "user value"])
+def test_webui_sh_keeps_freed_memory_for_reuse(tmp_path: Path, webui_copy: Path, setting: str) -> None:
+    """Under webui.sh, freeing and re-allocating a big buffer costs no new page faults; without the tuning it does."""
+    import resource  # Unix only, like the behaviour under test
+    script = recorder(tmp_path, MALLOC_PROBE)
+    extra = {"default": {}, "NO_MALLOC_TUNING": {"NO_MALLOC_TUNING": "1"},
+             "user value": {"MALLOC_MMAP_THRESHOLD_": "131072"}}[setting]
+    env = clean_env(LAUNCH_SCRIPT=str(script), venv_dir="-", python_cmd=sys.executable, **extra)
+
+    result = subprocess.run(["bash", str(webui_copy / "webui.sh")], env=env, cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    probe = json.loads((webui_copy / "malloc.json").read_text())
+    pages = 5 * (64 << 20) // resource.getpagesize()
+    if setting == "default":
+        assert probe["mmap"] == "4294967296"
+        assert probe["faults"] < pages // 20, probe  # the freed 64 MiB was reused in place
+    else:  # glibc's own behaviour (or the user's threshold): fresh zeroed pages every time
+        assert probe["mmap"] == (None if setting == "NO_MALLOC_TUNING" else "131072")
+        assert probe["faults"] > pages // 2, probe
 
 
 def test_webui_sh_restarts_while_tmp_restart_exists(tmp_path: Path, webui_copy: Path) -> None:

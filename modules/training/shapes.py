@@ -30,7 +30,9 @@ PALETTE: dict[str, tuple[int, int, int]] = {
 COLOURS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 #: Radius of the shape's enclosing circle as a fraction of the image side.
-SIZES: dict[str, float] = {"small": 0.17, "large": 0.30}
+#: "small" is 0.22, not less: at 64x64 through an 8x-downscaling VAE a smaller star loses its points and reads
+#: as a blob (the VAE round trip recognised 43 % of 0.17-radius shapes against 81 % of 0.30 ones).
+SIZES: dict[str, float] = {"small": 0.22, "large": 0.31}
 POSITIONS: dict[str, str] = {"left": "on the left", "middle": "in the middle", "right": "on the right"}
 MARGIN = 0.05  # fraction of the side kept free at the image border
 JITTER = 0.05  # horizontal jitter as a fraction of the side
