@@ -3,8 +3,9 @@
 Two stages, as Stable Diffusion itself was built:
 
 1. **VAE.** A KL autoencoder with SD's 8x downscale learns to reconstruct rendered scenes (L1 + MSE, a tiny KL
-   term), its encoder started with a narrow posterior (:func:`_start_with_narrow_posterior`). Most steps see random 32x32 crops (a quarter of the cost; the network is convolutional), the last ones
-   whole 64x64 images so the mid-block attention sees full latents. Its latent scale factor (SD's 0.18215) is
+   term), its encoder started with a narrow posterior (:func:`_start_with_narrow_posterior`). Most steps see
+   random 32x32 crops (a quarter of the cost; the network is convolutional), the last ones whole 64x64 images so
+   the mid-block attention sees full latents. Its latent scale factor (SD's 0.18215) is
    measured afterwards as ``1 / std`` of the dataset's latents and written to the sidecar ``.yaml``.
 2. **UNet + CLIP text encoder**, trained together with SD1.5's objective: the scaled-linear noise schedule
    (betas 0.00085..0.012, 1000 steps) and epsilon prediction, with Min-SNR-5 loss weights
