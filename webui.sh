@@ -22,7 +22,7 @@ if [[ $(id -u) -eq 0 ]]; then
 fi
 
 # glibc's malloc gives every large buffer back to the kernel when it is freed and gets it again, as fresh zeroed
-# pages, on the next UNet step: on the CPU that page-fault work was half of a full-size SD1.5 step
+# pages, on the next UNet step: on the CPU that page-fault work could be half of a full-size SD1.5 step
 # (benchmarks/merged_step.py, docs/benchmarks.md). Keeping freed memory in the process for reuse removes it; A1111
 # preloads tcmalloc for the same reason. A value you set yourself (e.g. in webui-user.sh) wins; NO_MALLOC_TUNING=1
 # keeps glibc's defaults.
