@@ -21,7 +21,6 @@ import logging
 import resource
 import statistics
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,17 +56,11 @@ def build_unet(seed: int):
     import torch
     from diffusers import UNet2DConditionModel
 
-    from benchmarks.txt2img import WEIGHT_STD
+    from benchmarks.txt2img import random_weights
     from modules.paths import CONFIGS_DIR
 
     unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(CONFIGS_DIR / "sd15" / "unet")).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if "norm" in name and name.endswith(".weight") and param.ndim == 1:
-                param.fill_(1.0)
-            else:
-                param.copy_((torch.randn(param.shape, generator=generator) * WEIGHT_STD).half().float())
+    unet.load_state_dict(random_weights(unet, torch.Generator().manual_seed(seed), "cpu"))
     return unet
 
 
@@ -94,22 +87,6 @@ def networks(unet, scale: float, seed: int) -> list:
     return wanted
 
 
-def make_step(unet) -> Callable[[], None]:
-    """One 64x64 CFG step at batch 1 (cond + uncond in one call), as ``benchmarks/networks.py`` times it."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn((2, 4, 8, 8), generator=generator)
-    context = torch.randn((2, 77, unet.config.cross_attention_dim), generator=generator)
-    t = torch.tensor(500)
-
-    @torch.no_grad()
-    def step() -> None:
-        unet(x, t, encoder_hidden_states=context, return_dict=False)
-
-    return step
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=count_at_least(1), default=4)
@@ -120,13 +97,14 @@ def main(argv: list[str] | None = None) -> int:
     setup()
     import torch
 
+    from benchmarks.networks import make_step
     from modules.patching import WeightPatcher
 
     torch.set_num_threads(args.threads)
     unet = build_unet(seed=0)
     patcher = WeightPatcher(unet)
     wanted = networks(unet, args.scale, seed=1)
-    step = make_step(unet)
+    step = make_step(unet, 64, "cpu")  # one 64x64 CFG step at batch 1, exactly as the networks benchmark times it
     samples: dict[str, list[tuple[float, float]]] = {"plain": [], "merged": []}
     for index in range(args.rounds):
         order = ("plain", "merged") if index % 2 == 0 else ("merged", "plain")

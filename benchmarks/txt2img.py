@@ -105,6 +105,26 @@ def write_tiny_checkpoint(ckpt_dir: Path) -> Path:
     return demo_model.write_checkpoint(ckpt_dir / "tiny-sd15.safetensors")
 
 
+def random_weights(module: torch.nn.Module, generator: torch.Generator, device: str) -> dict[str, torch.Tensor]:
+    """Random fp16 (CPU) values for every floating-point entry of ``module``'s state dict, in the diffusers key layout.
+
+    Norm scales are 1, everything else N(0, ``WEIGHT_STD``²), drawn on ``device`` with ``generator``; ``module`` may
+    live on the meta device (only the shapes are read). Integer buffers (CLIP's ``position_ids``) are left out.
+    """
+    import torch
+
+    out = {}
+    for key, meta in module.state_dict().items():
+        if not meta.is_floating_point():
+            continue
+        if "norm" in key and key.endswith(".weight") and meta.ndim == 1:
+            out[key] = torch.ones(meta.shape, dtype=torch.float16)
+        else:
+            value = torch.randn(meta.shape, generator=generator, device=device, dtype=torch.float32)
+            out[key] = value.mul_(WEIGHT_STD).to(torch.float16).cpu()
+    return out
+
+
 def write_random_sd15(ckpt_dir: Path, device: str, seed: int = 0) -> Path:
     """A full-size SD1.5 single-file LDM checkpoint with random fp16 weights (about 2 GB).
 
@@ -129,20 +149,9 @@ def write_random_sd15(ckpt_dir: Path, device: str, seed: int = 0) -> Path:
         text_encoder = CLIPTextModel(CLIPTextConfig.from_json_file(sd15 / "text_encoder" / "config.json"))
     generator = torch.Generator(device).manual_seed(seed)
 
-    def fill(module: torch.nn.Module) -> dict[str, torch.Tensor]:
-        out = {}
-        for key, meta in module.state_dict().items():
-            if not meta.is_floating_point():
-                continue  # position_ids: added below, as real files carry it
-            if "norm" in key and key.endswith(".weight") and meta.ndim == 1:
-                out[key] = torch.ones(meta.shape, dtype=torch.float16)
-            else:
-                value = torch.randn(meta.shape, generator=generator, device=device, dtype=torch.float32)
-                out[key] = value.mul_(WEIGHT_STD).to(torch.float16).cpu()
-        return out
-
-    state = {**ldm_format.unet_to_ldm(fill(unet), unet.config), **ldm_format.vae_to_ldm(fill(vae), vae.config),
-             **ldm_format.text_encoder_to_ldm(fill(text_encoder))}
+    state = {**ldm_format.unet_to_ldm(random_weights(unet, generator, device), unet.config),
+             **ldm_format.vae_to_ldm(random_weights(vae, generator, device), vae.config),
+             **ldm_format.text_encoder_to_ldm(random_weights(text_encoder, generator, device))}
     positions = text_encoder.config.max_position_embeddings
     state[ldm_format.CLIP_PREFIX + "text_model.embeddings.position_ids"] = torch.arange(positions).unsqueeze(0)
     path = ckpt_dir / "random-sd15-fp16.safetensors"

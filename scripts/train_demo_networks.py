@@ -25,7 +25,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,8 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             for network in chosen:
                 recipe = QUICK if args.quick else RECIPES[network.name]
                 if args.steps or args.learn_rate:
-                    recipe = Recipe(recipe.images, args.steps or recipe.steps, args.learn_rate or recipe.learn_rate,
-                                    recipe.batch_size)
+                    recipe = replace(recipe, steps=args.steps or recipe.steps,
+                                     learn_rate=args.learn_rate or recipe.learn_rate)
                 seed = args.seed + dn.CANDIDATES.index(network)  # the same with or without --only
                 start = time.perf_counter()
                 pairs = dn.training_pairs(network, recipe.images, seed)
