@@ -83,7 +83,7 @@ class BlockStreamer:
                 unit.ready = torch.cuda.Event()
                 unit.ready.record(self.stream)
         else:
-            unit.copies = [m.to(self.device) for m in unit.masters]
+            unit.copies = [m.to(self.device, copy=True) for m in unit.masters]  # a real copy, as on a GPU
 
     def _pre_hook(self, unit: _Unit):
         def onload(module: torch.nn.Module, args: tuple) -> None:
@@ -118,6 +118,20 @@ class BlockStreamer:
 
     def _next(self, unit: _Unit) -> _Unit | None:
         return None if self._recording else self._following.get(id(unit))
+
+    def discard_prefetched(self) -> None:
+        """Drop device copies made ahead of use, once their transfers are done.
+
+        The last unit of a UNet call prefetches the first one for the next call, so between jobs a copy of the
+        first unit's weights is still held. Patching (a LoRA switch) then writes only the masters: without this,
+        the next job's first step would run that unit with the weights from before the switch, and a copy still
+        in flight would read a master while the patcher writes it.
+        """
+        if self.stream is not None:
+            self.stream.synchronize()
+        for unit in self.units:
+            if not unit.loaded:
+                unit.copies, unit.ready = None, None
 
     def remove(self) -> None:
         """Remove the hooks and put every tensor back on the device."""

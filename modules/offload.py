@@ -43,8 +43,8 @@ class ParkedModule:
     def load(self) -> None:
         if not self.loaded:
             non_blocking = self.device.type == "cuda"
-            for tensor, master in zip(self.tensors, self.masters):
-                tensor.data = master.to(self.device, non_blocking=non_blocking)
+            for tensor, master in zip(self.tensors, self.masters):  # a real copy on the CPU too (tests see aliasing)
+                tensor.data = master.to(self.device, non_blocking=non_blocking, copy=True)
             self.loaded = True
 
     def unload(self) -> None:
@@ -112,8 +112,12 @@ class OffloadManager:
 
     def release(self) -> None:
         """Every parked part back to its masters (call before patching weights and after each batch)."""
+        if self.device.type == "cuda":  # no transfer may still be reading a master the patcher is about to write
+            torch.cuda.current_stream(self.device).synchronize()
         for parked in self.parked.values():
             parked.unload()
+        if self.streamer is not None:
+            self.streamer.discard_prefetched()
 
     def residency(self) -> dict[str, str]:
         """Where each component is now, in :func:`planned_placement`'s terms."""

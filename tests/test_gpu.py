@@ -1,4 +1,5 @@
-"""CUDA paths: fp16 by default, the precision flags, same images as fp32 within fp16 tolerance.
+"""CUDA paths: fp16 by default, the precision flags, same images as fp32 within fp16 tolerance, the memory modes,
+networks patched into fp16 master weights wherever they live, and the compiled fast path.
 
 Marked ``gpu``: they run wherever CUDA is present (a lent GPU machine) and are skipped, with that reason, elsewhere.
 """
@@ -80,3 +81,64 @@ def test_lowvram_prefetches_on_a_side_stream(make_state) -> None:
     assert streamer.stream is not None
     _image(state)
     assert streamer.prefetched > 0 and all(m.is_pinned() for m in streamer.master_tensors)
+
+
+def _lora_images(state) -> list[np.ndarray]:
+    """No network, a kohya LoRA (attention, feed-forward and resnet convs), no network again."""
+    return [np.asarray(process(state, GenerationParams(**{**BASE, "prompt": prompt})).images[0]).astype(np.float32)
+            for prompt in ("a red circle", "a red circle <lora:style:0.8>", "a red circle")]
+
+
+def test_networks_patch_fp16_master_weights_in_every_mode(make_state) -> None:
+    """On CUDA in fp16 a LoRA changes the image and leaves the weights bit-identical when removed, in every memory
+    mode (the masters live on the GPU in normal mode, in pinned CPU memory in the other two); each mode's images
+    equal normal mode's within fp16 tolerance."""
+    from test_lora import kohya_state_dict, write_lora
+
+    images, lora = {}, None
+    for mode in ("normal", "medvram", "lowvram"):
+        state = _mode_state(make_state, mode)
+        unet = state.models.current.pipe.unet
+        assert unet.dtype == torch.float16
+        if lora is None:
+            lora = {k: v.cpu() for k, v in kohya_state_dict(state.models.current.pipe, seed=3).items()}
+        write_lora(state, "style", lora)
+        originals = {k: v.detach().clone() for k, v in unet.state_dict().items()}
+        images[mode] = _lora_images(state)
+        assert all(torch.equal(v, originals[k]) for k, v in unet.state_dict().items()), mode
+        assert np.abs(images[mode][0] - images[mode][2]).max() <= 1, mode  # removal restores the image
+        state.queue.shutdown()
+        del state, unet
+        torch.cuda.empty_cache()
+    assert np.abs(images["normal"][0] - images["normal"][1]).mean() > 1  # the LoRA changes the image
+    for mode in ("medvram", "lowvram"):
+        for ours, normal in zip(images[mode], images["normal"]):
+            assert np.abs(ours - normal).mean() < 1.0, mode
+
+
+def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None:
+    """``--opt-compile`` on CUDA (inductor, "reduce-overhead": CUDA graphs) gives the eager image within fp16
+    tolerance, and a LoRA switch changes the weights in place: no new graph, and the switch shows in the image."""
+    from torch._dynamo.utils import counters
+
+    from test_lora import kohya_state_dict, write_lora
+
+    eager_state = make_state()
+    lora = kohya_state_dict(eager_state.models.current.pipe, seed=3)
+    write_lora(eager_state, "style", {k: v.cpu() for k, v in lora.items()})
+    eager = _lora_images(eager_state)
+    eager_state.queue.shutdown()
+    del eager_state
+    torch._dynamo.reset()
+    counters.clear()
+    state = make_state("--opt-compile")
+    assert state.policy.compile
+    plain = _image(state)
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs >= 1
+    compiled = _lora_images(state)
+    assert counters["stats"]["unique_graphs"] == graphs  # no recompilation on either switch
+    assert np.abs(plain - compiled[0]).max() <= 1
+    for ours, reference in zip(compiled, eager):
+        assert np.abs(ours - reference).mean() < 1.0
+    assert np.abs(compiled[0] - compiled[1]).mean() > 1

@@ -92,6 +92,26 @@ def test_every_mode_gives_the_normal_image_with_and_without_lora(make_state) -> 
     assert not np.array_equal(results["normal"][0], results["normal"][1])
 
 
+def test_lowvram_switch_reaches_the_unit_prefetched_across_jobs(make_state) -> None:
+    """The UNet's last unit prefetches its first (``down_blocks.0.resnets.0``) for the next call, so that copy
+    outlives the job. A network that patches that very unit between jobs must be seen from the next job's first
+    step, and its removal too: every image equals normal mode's bit for bit."""
+    from test_lora import write_lora
+
+    images = {}
+    for mode in ("normal", "lowvram"):
+        state = state_with(make_state, memory_mode=mode)
+        weight = state.models.current.pipe.unet.down_blocks[0].resnets[0].conv1.weight
+        diff = torch.randn(weight.shape, generator=torch.Generator().manual_seed(0)) * 0.5
+        write_lora(state, "first_unit", {"lora_unet_down_blocks_0_resnets_0_conv1.diff": diff})  # a "full" network
+        images[mode] = [pixels(process(state, GenerationParams(**{**BASE, "prompt": prompt})))
+                        for prompt in ("a red circle", "a red circle <lora:first_unit:1>", "a red circle")]
+        state.queue.shutdown()
+    assert not np.array_equal(images["normal"][0], images["normal"][1])  # the network changes the image
+    for i, (normal, lowvram) in enumerate(zip(images["normal"], images["lowvram"])):
+        assert np.array_equal(normal, lowvram), f"image {i}: max |Δ| {np.abs(normal - lowvram).max()}"
+
+
 def test_lowvram_streams_every_unit_and_prefetches_after_the_first_pass(make_state) -> None:
     state = state_with(make_state, memory_mode="lowvram")
     streamer = state.models.current.offload.streamer
