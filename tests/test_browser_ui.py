@@ -243,6 +243,45 @@ def test_progress_queue_and_interrupt(browser, server: Server, artifacts: Path) 
             second.context.close()
 
 
+def _batch_and_step(page) -> tuple[int, int]:
+    """(batch, step) from the progress text "Batch b/n, step s/m"."""
+    match = re.search(r"Batch (\d+)/\d+, step (\d+)/", page.locator("#txt2img_progress").inner_text())
+    assert match, page.locator("#txt2img_progress").inner_text()
+    return int(match.group(1)), int(match.group(2))
+
+
+def test_alt_enter_skips_to_the_next_batch_and_keeps_the_skipped_image(page, artifacts: Path) -> None:
+    """A1111's Alt+Enter in the prompt is Skip: the running batch stops early, the job goes on with the next batch
+    (and keeps the skipped batch's image); Interrupt then ends it."""
+    steps = 150  # the slider's maximum
+    prompt = page.locator("#txt2img_prompt textarea")
+    prompt.fill("skip me")
+    set_numbers(page, {"txt2img_steps": steps, "txt2img_width": 256, "txt2img_height": 256, "txt2img_batch_count": 3})
+    page.locator("#txt2img_generate").click()
+    progress = page.locator("#txt2img_progress")
+    sync_api.expect(progress).to_contain_text("Batch 1/3, step")
+    batch, step = _batch_and_step(page)
+    assert batch == 1 and step < steps / 2, (batch, step)
+    prompt.press("Alt+Enter")
+    pressed = time.monotonic()
+    sync_api.expect(progress).to_contain_text("Batch 2/3, step", timeout=15_000)
+    switch = time.monotonic() - pressed
+    _, first = _batch_and_step(page)  # the sampling rate, read from batch 2
+    measured_from = time.monotonic()
+    time.sleep(2)
+    _, second = _batch_and_step(page)
+    rate = (second - first) / (time.monotonic() - measured_from)
+    assert rate > 0
+    # Batch 1 had at least steps/2 steps to go: unskipped it would have needed that long. The skip took far less.
+    assert switch * rate < steps / 4, (switch, rate)
+    shot(page, artifacts, "05b-skipped-to-batch-2")
+    page.locator("#txt2img_interrupt").click()
+    page.wait_for_selector("#txt2img_gallery img", timeout=30_000)
+    assert text_of(page, "html_info_txt2img").startswith(f"skip me\nSteps: {steps},")
+    images = page.locator("#txt2img_gallery img").count()
+    assert images >= 2, images  # the skipped batch's image and the interrupted one (plus a grid, if shown)
+
+
 def test_png_info_round_trip_restores_every_field(browser, server: Server, artifacts: Path, tmp_path: Path) -> None:
     url = server.url
     source = open_page(browser, url)
