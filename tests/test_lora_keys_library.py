@@ -362,6 +362,20 @@ def test_discovery_order_names_and_hidden(lora, tmp_path):
     assert library.find("h") is None and library.find("dot") is None and library.find(".dot") is None
 
 
+def test_each_real_file_is_listed_once(lora, tmp_path):
+    """The LyCORIS folder inside the Lora folder, and a file linked under another name: one entry per real file,
+    at its first place in walk order; a broken link and a folder named like a network are not files."""
+    loras = tmp_path / "Lora"
+    write_lora(loras / "a" / "one.safetensors")
+    write_lora(loras / "LyCORIS" / "ly.safetensors")
+    (loras / "b").mkdir()
+    (loras / "b" / "alias.safetensors").symlink_to(loras / "a" / "one.safetensors")
+    (loras / "b" / "broken.safetensors").symlink_to(loras / "gone.safetensors")
+    (loras / "b" / "folder.safetensors").mkdir()
+    library = make_library(lora, loras, loras / "LyCORIS")
+    assert [(e.name, e.path.parent.name) for e in library.entries()] == [("one", "a"), ("ly", "LyCORIS")]
+
+
 def test_aliases_forbidden_and_preferred_name(lora, tmp_path):
     write_lora(tmp_path / "one.safetensors", {"ss_output_name": "shared"})
     write_lora(tmp_path / "two.safetensors", {"ss_output_name": "shared"})

@@ -346,11 +346,11 @@ class LoraLibrary:
                 self._by_shorthash[entry.shorthash.lower()] = entry
 
     def _candidates(self) -> list[Path]:
-        seen: set[Path] = set()
+        """Files of every folder, each real file once (the LyCORIS folder may overlap the Lora one)."""
+        seen: set[str] = set()
         out = []
         for root in self.dirs:
-            for path in walk_network_files(root):
-                real = path.resolve()
+            for path, real in _walk(root):
                 if real not in seen:
                     seen.add(real)
                     out.append(path)
@@ -444,25 +444,50 @@ def natural_sort_key(text: str) -> list[object]:
 
 def walk_network_files(root: Path) -> list[Path]:
     """Network files under ``root``: folders in natural order, then files; hidden ones and symlink loops skipped."""
+    return [path for path, _ in _walk(root)]
+
+
+def _walk(root: Path) -> list[tuple[Path, str]]:
+    """:func:`walk_network_files` with each file's real path (symlinks resolved), for de-duplication.
+
+    One ``scandir`` per folder: a file's type comes from the directory entry, so a library of 10 000 files costs
+    no ``stat`` per file here, and a real path is resolved once per folder (per file only for symlinked files).
+    """
     if not root.is_dir():
         return []
     visited: set[str] = set()
-    folders = []
-    for folder, subfolders, files in os.walk(root, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in visited:
-            subfolders[:] = []
+    folders: list[tuple[str, list[tuple[str, str]]]] = []
+    pending = [str(root)]
+    while pending:
+        folder = pending.pop()
+        real_folder = os.path.realpath(folder)
+        if real_folder in visited:  # a symlink loop, or a folder linked twice
             continue
-        visited.add(real)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        visited.add(real_folder)
+        try:
+            with os.scandir(folder) as it:
+                entries = list(it)
+        except OSError as e:
+            logger.warning("Cannot list %s (%s); skipped.", folder, e)
+            continue
+        files = []
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                if entry.is_dir():
+                    pending.append(entry.path)
+                elif os.path.splitext(entry.name)[1].lower() in EXTENSIONS and entry.is_file():
+                    real = os.path.realpath(entry.path) if entry.is_symlink() else os.path.join(real_folder, entry.name)
+                    files.append((entry.name, real))
+            except OSError:  # vanished or unreadable while listing
+                continue
         folders.append((folder, files))
     out = []
     for folder, files in sorted(folders, key=lambda item: natural_sort_key(item[0])):
-        for name in sorted(files, key=natural_sort_key):
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in EXTENSIONS:
-                path = Path(folder) / name
-                if path.is_file():
-                    out.append(path)
+        parent = Path(folder)
+        for name, real in sorted(files, key=lambda item: natural_sort_key(item[0])):
+            out.append((parent / name, real))
     return out
 
 

@@ -12,6 +12,7 @@ an unchanged fingerprint + unchanged files means the cached card is reused.
 from __future__ import annotations
 
 import html
+import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -78,8 +79,10 @@ class Page:
         return True
 
     def _root_of(self, path: Path, roots: list[Path]) -> tuple[Path, int]:
+        text = str(path)
         for index, root in enumerate(roots):
-            if root in path.parents:
+            prefix = str(root).rstrip(os.sep) + os.sep  # a string test: ``root in path.parents`` builds every parent
+            if text.startswith(prefix):
                 return root, index
         return path.parent, len(roots)  # a file given outside the folders (``--ckpt``): its own folder
 
