@@ -1,5 +1,5 @@
 """GPU speed and memory: our default path, our fast path (``--opt-compile``) and vanilla diffusers side by side,
-and the three memory modes (normal, ``--medvram``, ``--lowvram``).
+and the three memory modes (normal, ``--medvram``, ``--lowvram``), including a LoRA switch in each mode.
 
 Model: a full-size SD1.5 with random fp16 weights (generated; no download), 512², CFG 7. Speed is the sampling
 rate: ``it/s = Δsteps / (T(2n steps) − T(n steps))`` of whole jobs, so text encoding, decoding and the job's fixed
@@ -167,7 +167,59 @@ def run(args: argparse.Namespace) -> list[Row]:
                 return state, ours(state, size, 1)
 
             rows.append(measure(f"ours, --{mode}", offloaded, 1, device, args.steps, args.repeats, peak))
+        if args.switches:
+            args.switch_times = switch_times(data, device, args.switches)
     return rows
+
+
+def switch_times(data: Path, device: str, repeats: int) -> list[tuple[str, float, float]]:
+    """LoRA switch in each memory mode: two sets of 3 rank-32 kohya LoRAs (parsed files cached), A→B and B→A.
+
+    In normal mode the patched weights live on the device; in --medvram/--lowvram they are the masters in RAM,
+    and the patcher computes their deltas on the device and copies them back (``devices.patch_devices``).
+    Returns ``(mode, median seconds, max seconds)`` per mode.
+    """
+    import torch
+
+    from benchmarks import networks as nb
+
+    sets = [[(f"switch_{side}{i}", 1.0) for i in range(3)] for side in "ab"]
+    out = []
+    for mode in ("normal", "medvram", "lowvram"):
+        state = build_state(data, device, memory_mode=mode)
+        lora_dir = state.paths.lora_dir
+        if not any(lora_dir.glob("switch_*.safetensors")):
+            lora_dir.mkdir(parents=True, exist_ok=True)
+            pipe = state.models.current.pipe
+            targets = nb.lora_targets(pipe.unet, pipe.text_encoder)
+            for seed, (name, _) in enumerate(sets[0] + sets[1]):
+                nb.write_kohya_lora(lora_dir / f"{name}.safetensors", targets, rank=32, alpha=16.0, seed=seed)
+        state.libraries["lora"].refresh()
+        prompts = [nb.tags(networks) for networks in sets]
+        for prompt in prompts:  # warm-up: parse and cache the files, first patch
+            nb.activate(state, prompt)
+        times = []
+        for i in range(2 * repeats):
+            _sync(device)
+            start = time.perf_counter()
+            nb.activate(state, prompts[i % 2])
+            _sync(device)
+            times.append(time.perf_counter() - start)
+        nb.activate(state, "")
+        logger.info("LoRA switch, %s: median %.1f ms", mode, 1e3 * statistics.median(times))
+        out.append((mode, statistics.median(times), max(times)))
+        state.queue.shutdown()
+        del state
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def switch_table(times: Sequence[tuple[str, float, float]]) -> str:
+    lines = ["| memory mode | LoRA switch, 3 ↔ 3 rank-32 (median ms) | max (ms) |", "|---|---:|---:|"]
+    lines += [f"| {mode} | {1e3 * median:.1f} | {1e3 * worst:.1f} |" for mode, median, worst in times]
+    return "\n".join(lines)
 
 
 def table(rows: Sequence[Row]) -> str:
@@ -200,7 +252,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="skip the --opt-compile row")
     parser.add_argument("--write-docs", action="store_true")
+    parser.add_argument("--switches", type=int, default=5, help="timed LoRA switch pairs per memory mode (0: none)")
     args = parser.parse_args(argv)
+    args.switch_times = []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
@@ -210,6 +264,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows = run(args)
     text = table(rows)
+    if args.switch_times:
+        text += "\n\n" + switch_table(args.switch_times)
     print(text)
     if args.write_docs:
         import diffusers

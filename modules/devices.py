@@ -91,6 +91,18 @@ def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) 
     return DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, "normal")
 
 
+def patch_devices(policy: DevicePolicy) -> tuple[torch.device | None, torch.device | None]:
+    """Where network patching keeps the original weights and computes patched ones: ``(backup, compute)``.
+
+    Normal mode: both beside the weight (``None``), the fastest. ``--medvram``/``--lowvram``: originals in RAM,
+    since VRAM is what these modes save; the master weights live in RAM too, so on CUDA the patched weights are
+    computed on the GPU and copied back rather than computed by the CPU.
+    """
+    if policy.memory_mode == "normal":
+        return None, None
+    return torch.device("cpu"), (policy.device if policy.is_cuda else None)
+
+
 def choose_attention(args: argparse.Namespace) -> Attention:
     """A1111's flags: ``--xformers`` (when installed), the memory-saving ``--opt-split-attention`` /
     ``--opt-sub-quad-attention`` (sliced attention), else PyTorch's scaled-dot-product attention."""

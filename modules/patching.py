@@ -48,14 +48,19 @@ Signature = tuple[tuple[Hashable, float], ...]
 class WeightPatcher:
     """Owns every change to one module tree's weights (the UNet or the text encoder)."""
 
-    def __init__(self, root: torch.nn.Module, backup_device: torch.device | str | None = None) -> None:
+    def __init__(self, root: torch.nn.Module, backup_device: torch.device | str | None = None,
+                 compute_device: torch.device | str | None = None) -> None:
         """Args:
             root: the component.
             backup_device: where original weights are kept (``None``: beside the weight, the fastest restore;
                 ``"cpu"`` saves GPU memory in the low-memory modes).
+            compute_device: where a patched weight is computed (``None``: where the weight is). In the low-memory
+                modes the master weights live in CPU memory; computing their deltas on the GPU and copying the
+                result back makes a LoRA switch there as fast as in normal mode instead of CPU-bound.
         """
         self.root = root
         self.backup_device = backup_device
+        self.compute_device = None if compute_device is None else torch.device(compute_device)
         self._backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._applied: dict[str, Signature] = {}
         self.revision = 0  # bumped whenever any weight changes
@@ -118,8 +123,9 @@ class WeightPatcher:
             self._backup[path] = (weight.detach().to(device, copy=True),
                                   None if bias is None else bias.detach().to(device, copy=True))
         original_w, original_b = self._backup[path]
-        w = original_w.to(device=weight.device, dtype=torch.float32)
-        b = None if original_b is None else original_b.to(device=weight.device, dtype=torch.float32)
+        device = self.compute_device or weight.device
+        w = original_w.to(device=device, dtype=torch.float32)
+        b = None if original_b is None else original_b.to(device=device, dtype=torch.float32)
         for network, delta in entries:  # sequential: a later network sees the earlier ones' result (A1111)
             dw, db = delta.calc(w, b)
             if dw is not None:
@@ -129,7 +135,7 @@ class WeightPatcher:
                     raise ValueError(f"{path}: the network changes a bias this module does not have")
                 b = b + network.multiplier * db.to(b.device, torch.float32).reshape(b.shape)
         self._applied.pop(path, None)  # mark unknown while writing: a failure below restores it
-        weight.copy_(w.to(weight.dtype))
+        weight.copy_(w.to(weight.dtype))  # across devices when computed elsewhere (cast first: fewer bytes moved)
         if bias is not None and b is not None:
             bias.copy_(b.to(bias.dtype))
         self._applied[path] = signature

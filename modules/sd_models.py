@@ -26,7 +26,7 @@ import torch
 
 from modules import model_loading, sd_vae
 from modules.conditioning import ConditioningCache
-from modules.devices import DevicePolicy, apply_attention
+from modules.devices import DevicePolicy, apply_attention, patch_devices
 from modules.hashes import HashCache
 from modules.offload import OffloadManager
 from modules.patching import WeightPatcher
@@ -224,8 +224,8 @@ class ModelManager:
             pipe = model_loading.build_pipeline(state_dict, config, info.path.name)
             del state_dict
         logger.info("Loaded checkpoint: title=%s time=%.2fs", info.title, time.perf_counter() - start)
-        backups = "cpu" if self.policy.memory_mode != "normal" else None  # low-memory modes keep backups off the GPU
-        patchers = {"unet": WeightPatcher(pipe.unet, backups), "text_encoder": WeightPatcher(pipe.text_encoder, backups)}
+        backups, compute = patch_devices(self.policy)
+        patchers = {name: WeightPatcher(getattr(pipe, name), backups, compute) for name in ("unet", "text_encoder")}
         return LoadedModel(info=info, pipe=pipe, patchers=patchers)
 
     def _activate(self, model: LoadedModel) -> None:

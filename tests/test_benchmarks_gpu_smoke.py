@@ -20,6 +20,8 @@ def test_cpu_run_prints_every_row() -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     for row in ("| vanilla diffusers | 1 |", "| ours, default | 1 |", "| ours, --medvram | 1 |", "| ours, --lowvram | 1 |"):
         assert row in done.stdout
+    for mode in ("normal", "medvram", "lowvram"):  # the LoRA switch table (activation errors would raise)
+        assert f"| {mode} | " in done.stdout.split("LoRA switch")[-1], mode
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when CUDA is missing")

@@ -142,3 +142,39 @@ def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None
     for ours, reference in zip(compiled, eager):
         assert np.abs(ours - reference).mean() < 1.0
     assert np.abs(compiled[0] - compiled[1]).mean() > 1
+
+
+def test_patching_cpu_masters_computes_on_the_gpu() -> None:
+    """The low-memory modes' patcher: fp16 masters in pinned RAM, deltas computed on the GPU, the result copied back
+    — equal to computing on the CPU (up to fp32 rounding, cast to fp16), and the originals restored bit for bit."""
+    from modules.patching import WantedNetwork, WeightPatcher
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(320, 640), torch.nn.Linear(640, 320)).half()
+    for p in module.parameters():
+        p.data = p.data.pin_memory()
+    original = {k: v.clone() for k, v in module.state_dict().items()}
+    seen = []
+
+    class LowRank:
+        def __init__(self, out: int, inp: int) -> None:
+            self.up, self.down = torch.randn(out, 8) * 0.1, torch.randn(8, inp) * 0.1
+
+        def calc(self, weight, bias):
+            seen.append(weight.device.type)
+            return self.up.to(weight) @ self.down.to(weight), None
+
+    deltas = {"0": LowRank(640, 320), "1": LowRank(320, 640)}
+    on_cpu = WeightPatcher(module, backup_device="cpu")
+    on_cpu.reconcile([WantedNetwork("a", 0.8, deltas)])
+    expected = {k: v.clone() for k, v in module.state_dict().items()}
+    on_cpu.restore_all()
+    seen.clear()
+    patcher = WeightPatcher(module, backup_device="cpu", compute_device="cuda")
+    patcher.reconcile([WantedNetwork("a", 0.8, deltas)])
+    assert seen == ["cuda", "cuda"]
+    for name, value in module.state_dict().items():
+        assert value.device.type == "cpu" and value.is_pinned(), name  # the masters stay where they live
+        assert torch.allclose(value.float(), expected[name].float(), atol=2e-3), name
+    patcher.restore_all()
+    assert all(torch.equal(v, original[k]) for k, v in module.state_dict().items())

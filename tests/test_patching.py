@@ -156,3 +156,34 @@ def test_backups_on_cpu(unet) -> None:
     assert all(w.device.type == "cpu" for w, _ in patcher._backup.values())
     patcher.restore_all()
     assert identical(unet, original)
+
+
+class Recording:
+    """ΔW = a fixed tensor; remembers where and in which dtype the weight it was given lives."""
+
+    def __init__(self, delta: torch.Tensor) -> None:
+        self.delta, self.seen = delta, []
+
+    def calc(self, weight, bias):
+        self.seen.append((weight.device, weight.dtype))
+        return self.delta.to(weight.device), None
+
+
+def test_compute_device_is_where_deltas_see_the_weight(unet) -> None:
+    """``compute_device`` (the GPU in the low-memory modes) gets fp32 copies; the result is written back into the
+    weights where they live, equal to computing in place; restore is exact. On the CPU both are the CPU; the GPU
+    case is ``tests/test_gpu.py``."""
+    original = snapshot(unet)
+    path = linear_paths(unet)[0]
+    delta = torch.randn(unet.get_submodule(path).weight.shape, generator=torch.Generator().manual_seed(1)) * 0.01
+    in_place, elsewhere = Recording(delta), Recording(delta)
+    plain = WeightPatcher(unet)
+    plain.reconcile([WantedNetwork("a", 0.7, {path: in_place})])
+    expected = unet.get_submodule(path).weight.detach().clone()
+    plain.restore_all()
+    patcher = WeightPatcher(unet, backup_device="cpu", compute_device="cpu")
+    patcher.reconcile([WantedNetwork("a", 0.7, {path: elsewhere})])
+    assert elsewhere.seen == [(torch.device("cpu"), torch.float32)]
+    assert torch.equal(unet.get_submodule(path).weight, expected)
+    patcher.restore_all()
+    assert identical(unet, original)
