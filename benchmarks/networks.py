@@ -724,7 +724,11 @@ def plan_for(model: str, device: str, quick: bool, repeats: int | None) -> Plan:
     return plan
 
 
-def run_model(model: str, device: str, plan: Plan, profile_dir: Path | None) -> ModelResult:
+PARTS = ("first_load", "switch", "per_step")
+
+
+def run_model(model: str, device: str, plan: Plan, profile_dir: Path | None,
+              parts: Sequence[str] = PARTS) -> ModelResult:
     """Generate the checkpoint and files in a temp data dir, build the AppState, measure, tear down."""
     from benchmarks import txt2img
 
@@ -741,10 +745,13 @@ def run_model(model: str, device: str, plan: Plan, profile_dir: Path | None) -> 
             bench.write_files()
             bench.parity("fresh: one fuse", fresh=True)
             bench.theirs.unload()
-            bench.first_load()
-            bench.switch()
-            bench.parity(f"after {bench.cycles} unfuse/fuse cycles of the diffusers copy", fresh=False)
-            bench.per_step()
+            if "first_load" in parts:
+                bench.first_load()
+            if "switch" in parts:
+                bench.switch()
+                bench.parity(f"after {bench.cycles} unfuse/fuse cycles of the diffusers copy", fresh=False)
+            if "per_step" in parts:
+                bench.per_step()
             if profile_dir is not None:
                 bench.profile(profile_dir)
             bench.result.env = _environment(state, device)
@@ -797,6 +804,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="timed switch pairs and per-step rounds (first loads: half of it)")
     parser.add_argument("--threads", type=count_at_least(1), default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1-2 repeats of everything")
+    parser.add_argument("--parts", default=",".join(PARTS),
+                        help=f"comma-separated subset of {', '.join(PARTS)} (default: all; parity is always checked)")
     parser.add_argument("--write-docs", action="store_true", help="append the results to docs/benchmarks.md")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also cProfile one switch and one first load of each side into DIR/*.prof")
@@ -818,10 +827,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not models:
         sys.stderr.write(f"error: --models takes tiny and/or sd15, got {args.models!r}\n")
         return 2
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    if not parts or set(parts) - set(PARTS):
+        sys.stderr.write(f"error: --parts takes {', '.join(PARTS)}, got {args.parts!r}\n")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     _quiet_libraries()
-    results = [run_model(m, args.device, plan_for(m, args.device, args.quick, args.repeats), args.profile)
+    results = [run_model(m, args.device, plan_for(m, args.device, args.quick, args.repeats), args.profile, parts)
                for m in models]
     section = report(results, results[0].env, argv, args.device)
     print(section)
