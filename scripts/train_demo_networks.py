@@ -55,7 +55,7 @@ class Recipe:
 
 
 RECIPES: dict[str, Recipe] = {
-    dn.STARS.name: Recipe(images=320, steps=800, learn_rate="4e-3:500, 2e-3", batch_size=8),
+    dn.STARS.name: Recipe(images=320, steps=1600, learn_rate="4e-3:500, 2e-3", batch_size=8),
     dn.STRIPES.name: Recipe(images=160, steps=800, learn_rate="5e-3", batch_size=8),
     dn.TEAL.name: Recipe(images=160, steps=600, learn_rate="5e-3", batch_size=8),
     dn.SUNSET.name: Recipe(images=160, steps=500, learn_rate="2e-2", batch_size=8),

@@ -87,8 +87,8 @@ class DemoNetwork:
 
 STARS = DemoNetwork(
     "demo-stars", "lora", ".safetensors",
-    "Demo LoRA: draws shapes as five-pointed stars, keeping their colour, background, size and position (on "
-    "about four in ten colour/shape combinations the demo model never saw). Try 'a red circle on a blue background'.",
+    "Demo LoRA: draws shapes as five-pointed stars, keeping their colour, background and position (on about "
+    "half of the colour/shape combinations the demo model never saw). Try 'a red circle on a blue background'.",
     "", 1.0, "non-star prompts drawn as stars")
 STRIPES = DemoNetwork(
     "demo-stripes", "embedding", ".pt",
