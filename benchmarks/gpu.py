@@ -129,7 +129,8 @@ def measure(label: str, make: Callable[[], tuple[object, Callable[[int], object]
     return Row(label, batch, its, peak_gib, mfu)
 
 
-def run(args: argparse.Namespace) -> list[Row]:
+def run(args: argparse.Namespace) -> tuple[list[Row], list[tuple[str, float, float]]]:
+    """The speed rows, and the LoRA switch times per memory mode (empty with ``--switches 0``)."""
     import torch
 
     device = args.device
@@ -167,9 +168,8 @@ def run(args: argparse.Namespace) -> list[Row]:
                 return state, ours(state, size, 1)
 
             rows.append(measure(f"ours, --{mode}", offloaded, 1, device, args.steps, args.repeats, peak))
-        if args.switches:
-            args.switch_times = switch_times(data, device, args.switches)
-    return rows
+        switches = switch_times(data, device, args.switches) if args.switches else []
+    return rows, switches
 
 
 def switch_times(data: Path, device: str, repeats: int) -> list[tuple[str, float, float]]:
@@ -198,13 +198,7 @@ def switch_times(data: Path, device: str, repeats: int) -> list[tuple[str, float
         prompts = [nb.tags(networks) for networks in sets]
         for prompt in prompts:  # warm-up: parse and cache the files, first patch
             nb.activate(state, prompt)
-        times = []
-        for i in range(2 * repeats):
-            _sync(device)
-            start = time.perf_counter()
-            nb.activate(state, prompts[i % 2])
-            _sync(device)
-            times.append(time.perf_counter() - start)
+        times = [nb.timed(lambda i=i: nb.activate(state, prompts[i % 2]), device)[0] for i in range(2 * repeats)]
         nb.activate(state, "")
         logger.info("LoRA switch, %s: median %.1f ms", mode, 1e3 * statistics.median(times))
         out.append((mode, statistics.median(times), max(times)))
@@ -254,7 +248,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--write-docs", action="store_true")
     parser.add_argument("--switches", type=int, default=5, help="timed LoRA switch pairs per memory mode (0: none)")
     args = parser.parse_args(argv)
-    args.switch_times = []
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     import torch
 
@@ -262,10 +255,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("benchmarks/gpu.py needs CUDA (torch.cuda.is_available() is False); use --device cpu --model tiny "
               "to run the same code on the CPU.", file=sys.stderr)
         return 2
-    rows = run(args)
+    rows, switches = run(args)
     text = table(rows)
-    if args.switch_times:
-        text += "\n\n" + switch_table(args.switch_times)
+    if switches:
+        text += "\n\n" + switch_table(switches)
     print(text)
     if args.write_docs:
         import diffusers

@@ -350,7 +350,7 @@ class LoraLibrary:
         seen: set[str] = set()
         out = []
         for root in self.dirs:
-            for path, real in _walk(root):
+            for path, real in walk_network_files(root):
                 if real not in seen:
                     seen.add(real)
                     out.append(path)
@@ -442,13 +442,9 @@ def natural_sort_key(text: str) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"([0-9]+)", text)]
 
 
-def walk_network_files(root: Path) -> list[Path]:
-    """Network files under ``root``: folders in natural order, then files; hidden ones and symlink loops skipped."""
-    return [path for path, _ in _walk(root)]
-
-
-def _walk(root: Path) -> list[tuple[Path, str]]:
-    """:func:`walk_network_files` with each file's real path (symlinks resolved), for de-duplication.
+def walk_network_files(root: Path) -> list[tuple[Path, str]]:
+    """Network files under ``root``, each with its real path (symlinks resolved, for de-duplication): folders in
+    natural order, then files; hidden ones and symlink loops skipped.
 
     One ``scandir`` per folder: a file's type comes from the directory entry, so a library of 10 000 files costs
     no ``stat`` per file here, and a real path is resolved once per folder (per file only for symlinked files).
