@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import cProfile
+import dataclasses
 import gc
 import logging
 import shlex
@@ -67,6 +68,7 @@ SET_A = (("a1", 0.8), ("a2", 0.6), ("a3", 0.5))
 SET_B = (("b1", 0.8), ("b2", 0.6), ("b3", 0.5))
 BIG = "big"
 HYPERNET = "hn"
+HYPERNET_RELU = "hn-relu"  # an activation: cannot be folded, its MLPs run at every step
 CFG_SCALE = 7.0
 UNET_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
 TE_TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -176,14 +178,15 @@ def write_kohya_lora(path: Path, targets: Sequence[tuple[str, tuple[int, ...]]],
     return path.stat().st_size
 
 
-def write_hypernetwork(path: Path, widths: Sequence[int]) -> None:
-    """An A1111 hypernetwork (default ``[1, 2, 1]`` structure, A1111's initial weights) for ``widths``."""
+def write_hypernetwork(path: Path, widths: Sequence[int], activation: str | None = None) -> None:
+    """An A1111 hypernetwork (default ``[1, 2, 1]`` structure, A1111's initial weights) for ``widths``; A1111's
+    default ``linear`` activation unless ``activation`` is given."""
     import torch
 
-    from modules.hypernetworks.hypernetwork import Hypernetwork
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
 
     torch.manual_seed(0)
-    Hypernetwork.create(path.stem, sorted(widths)).save(path)
+    Hypernetwork.create(path.stem, sorted(widths), HypernetworkSpec(activation_func=activation)).save(path)
 
 
 def attention_widths(unet: torch.nn.Module) -> tuple[set[int], set[int]]:
@@ -354,6 +357,7 @@ class Bench:
         folder = self.state.paths.hypernetwork_dir
         folder.mkdir(parents=True, exist_ok=True)
         write_hypernetwork(folder / f"{HYPERNET}.pt", self_widths | cross_widths)
+        write_hypernetwork(folder / f"{HYPERNET_RELU}.pt", self_widths | cross_widths, "relu")
         self.cross_only = bool(cross_widths - self_widths)  # SD1.5: 768 is no self-attention width
         if self.cross_only:
             write_hypernetwork(folder / f"{HYPERNET}-cross.pt", cross_widths)
@@ -362,8 +366,9 @@ class Bench:
             f"Files: {len(targets)} modules per LoRA; switch sets rank {SWITCH_RANK}, alpha {SWITCH_ALPHA:g}, "
             f"{sizes['a1'] / 1e6:.1f} MB each; big rank {BIG_RANK}, {sizes[BIG] / 1e6:.1f} MB "
             f"({sizes[BIG] / 2**20:.1f} MiB); hypernetwork [1, 2, 1] for widths "
-            f"{sorted(self_widths | cross_widths)}" + (f" (and one for {sorted(cross_widths)} only)"
-                                                        if self.cross_only else "") + ".")
+            f"{sorted(self_widths | cross_widths)}, linear (A1111's default, folded into the self-attention "
+            f"projections) and relu (not foldable)" + (f", and a linear one for {sorted(cross_widths)} only"
+                                                       if self.cross_only else "") + ".")
 
     # -- 4. parity --------------------------------------------------------------------------------------------
     def parity(self, label: str, fresh: bool) -> None:
@@ -509,19 +514,24 @@ class Bench:
     def per_step(self) -> None:
         """Rounds over every configuration (rotated order); ratio = configuration / no network in that round."""
         self.theirs.unfuse()
-        self.theirs.load(BIG)
+        present = set(self.theirs.pipe.get_list_adapters().get("unet", []))
+        for name in [name for name, _ in SET_A] + [BIG]:  # set A: loaded by the switch part, if it ran
+            if name not in present:
+                self.theirs.load(name)
         ours_step = make_step(self.ours_unet, self.plan.size, self.device)
         theirs_step = make_step(self.theirs.pipe.unet, self.plan.size, self.device)
         configs: list[tuple[str, str, Callable[[], AbstractContextManager[None]], Callable[[], object]]] = [
             ("no network", "baseline", lambda: activated(self.state, ""), ours_step),
             ("3 LoRAs rank 32", "ours (merged)", lambda: activated(self.state, tags(SET_A)), ours_step),
             ("1 hypernetwork", "ours", lambda: activated(self.state, f"<hypernet:{HYPERNET}:1>"), ours_step),
+            ("1 hypernetwork, relu (MLPs every step)", "ours",
+             lambda: activated(self.state, f"<hypernet:{HYPERNET_RELU}:1>"), ours_step),
             ("3 LoRAs rank 32", "diffusers (unfused adapters)", lambda: self._adapters(SET_A), theirs_step),
             (f"1 LoRA rank {BIG_RANK}", "diffusers (unfused adapter)", lambda: self._adapters([(BIG, 1.0)]),
              theirs_step),
         ]
         if self.cross_only:
-            configs.insert(3, ("1 hypernetwork, cross-attention (768) only", "ours",
+            configs.insert(4, ("1 hypernetwork, cross-attention (768) only", "ours",
                                lambda: activated(self.state, f"<hypernet:{HYPERNET}-cross:1>"), ours_step))
         samples = [Samples() for _ in configs]
         for r in range(self.plan.rounds):
@@ -535,6 +545,7 @@ class Bench:
             logger.info("per-step round %d/%d: %s", r + 1, self.plan.rounds,
                         " ".join(f"{s.wall[-1] * 1e3:.1f}" for s in samples))
         activate(self.state, "")
+        self._hypernetwork_notes(ours_step)
         base = samples[0]
         for (what, side, _, _), sample in zip(configs, samples):
             baseline = None if sample is base else base
@@ -548,6 +559,44 @@ class Bench:
             if goal:  # on the CPU judged on CPU time: steadier than wall time on a shared machine
                 row.goal = _judge_overhead(row.cpu_ratios if self.device == "cpu" else row.ratios, goal)
                 row.goal += " (CPU time)" if self.device == "cpu" else ""
+
+    def _hypernetwork_notes(self, step: Callable[[], object]) -> None:
+        """FLOPs of one step per hypernetwork configuration (``torch.utils.flop_counter``: what the step computes,
+        whatever the device), and the wall time of folding the linear one into the self-attention projections
+        (once per job, in the first step; not in the per-step rows)."""
+        import torch
+        from torch.utils.flop_counter import FlopCounterMode
+
+        from modules.hypernetworks.processor import HypernetworkAttnProcessor
+
+        flops = {}
+        for label, prompt in (("no network", ""), ("linear, folded", f"<hypernet:{HYPERNET}:1>"),
+                              ("relu", f"<hypernet:{HYPERNET_RELU}:1>")):
+            with activated(self.state, prompt):
+                step()  # the cross-attention contexts and the folds are made here, once per job
+                with FlopCounterMode(display=False) as counter:
+                    step()
+            flops[label] = counter.get_total_flops()
+        base = flops["no network"]
+        self.result.notes.append(
+            f"FLOPs per step at {self.plan.size}² (flop counter, after the first step of a job): "
+            + ", ".join(f"{label} {value / 1e9:.4g} GFLOP" + ("" if value == base else f" ({value / base - 1:+.1%})")
+                        for label, value in flops.items()) + ".")
+        unet = self.ours_unet
+        fold_times = []
+        for _ in range(3):
+            with activated(self.state, f"<hypernet:{HYPERNET}:1>"):
+                processors = [(unet.get_submodule(key.removesuffix(".processor")), p)
+                              for key, p in unet.attn_processors.items()
+                              if isinstance(p, HypernetworkAttnProcessor) and key.endswith("attn1.processor")]
+                probes = [torch.zeros(1, 1, attn.to_k.in_features, device=self.device,
+                                      dtype=attn.to_k.weight.dtype) for attn, _ in processors]
+                wall, _ = timed(lambda: [p.folds.projections(attn, probe) for (attn, p), probe
+                                         in zip(processors, probes)], self.device)
+                fold_times.append(wall)
+        self.result.notes.append(
+            f"Folding the linear hypernetwork into {len(processors)} self-attention K/V projection pairs, once per "
+            f"job: {statistics.median(fold_times) * 1e3:.1f} ms (median of {len(fold_times)}).")
 
     @contextmanager
     def _adapters(self, networks: Sequence[tuple[str, float]]) -> Iterator[None]:
@@ -709,8 +758,9 @@ def report(results: Sequence[ModelResult], env: dict[str, str], argv: Sequence[s
 
 # -- entry point ------------------------------------------------------------------------------------------------
 
-def plan_for(model: str, device: str, quick: bool, repeats: int | None) -> Plan:
-    """Repeats per model: many on the tiny model, few for the full-size one on the CPU (seconds per switch)."""
+def plan_for(model: str, device: str, quick: bool, repeats: int | None, size: int | None = None) -> Plan:
+    """Repeats per model: many on the tiny model, few for the full-size one on the CPU (seconds per switch);
+    ``size`` overrides the per-step image side (64² on the CPU, 512² on a GPU)."""
     if quick:
         return Plan(model, 64, switches=2, loads=1, rounds=1, steps=1, warmup=1)
     if model == "tiny":
@@ -721,6 +771,8 @@ def plan_for(model: str, device: str, quick: bool, repeats: int | None) -> Plan:
         plan = Plan(model, 512, switches=16, loads=5, rounds=9, steps=10, warmup=2)
     if repeats:
         plan = Plan(model, plan.size, repeats, max(1, repeats // 2), repeats, plan.steps, plan.warmup)
+    if size:
+        plan = dataclasses.replace(plan, size=size)
     return plan
 
 
@@ -806,6 +858,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true", help="smoke run: tiny model, 1-2 repeats of everything")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {', '.join(PARTS)} (default: all; parity is always checked)")
+    parser.add_argument("--size", type=count_at_least(64), default=None,
+                        help="image side of the per-step measurement, a multiple of 64 (default: 64 on the CPU, "
+                             "512 on CUDA)")
     parser.add_argument("--write-docs", action="store_true", help="append the results to docs/benchmarks.md")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="also cProfile one switch and one first load of each side into DIR/*.prof")
@@ -831,10 +886,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not parts or set(parts) - set(PARTS):
         sys.stderr.write(f"error: --parts takes {', '.join(PARTS)}, got {args.parts!r}\n")
         return 2
+    if args.size and args.size % 64:
+        sys.stderr.write(f"error: --size must be a multiple of 64, got {args.size}\n")
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     _quiet_libraries()
-    results = [run_model(m, args.device, plan_for(m, args.device, args.quick, args.repeats), args.profile, parts)
+    results = [run_model(m, args.device, plan_for(m, args.device, args.quick, args.repeats, args.size), args.profile,
+                         parts)
                for m in models]
     section = report(results, results[0].env, argv, args.device)
     print(section)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 
@@ -91,16 +91,27 @@ def choose_policy(args: argparse.Namespace, cuda_available: bool | None = None) 
     return DevicePolicy(torch.device("cpu"), torch.float32, torch.float32, "normal")
 
 
-def patch_devices(policy: DevicePolicy) -> tuple[torch.device | None, torch.device | None]:
-    """Where network patching keeps the original weights and computes patched ones: ``(backup, compute)``.
+class PatchPlacement(NamedTuple):
+    """Where network patching keeps things (see :class:`modules.patching.WeightPatcher`)."""
 
-    Normal mode: both beside the weight (``None``), the fastest. ``--medvram``/``--lowvram``: originals in RAM,
-    since VRAM is what these modes save; the master weights live in RAM too, so on CUDA the patched weights are
-    computed on the GPU and copied back rather than computed by the CPU.
+    backup: torch.device | None  # the original weights (None: beside the weight)
+    compute: torch.device | None  # where a patched weight is computed (None: where the weight is)
+    keep_staged: bool  # keep network tensors' device copies between switches
+
+
+def patch_devices(policy: DevicePolicy) -> PatchPlacement:
+    """Where network patching keeps the original weights, computes patched ones, and whether network tensors stay
+    on the GPU between switches.
+
+    Normal mode: originals and computation beside the weight, the fastest; on a GPU the LoRA factors stay there
+    too while their file is in the parsed-file cache (``lora_in_memory_limit``), so a switch moves nothing from
+    host memory. ``--medvram``/``--lowvram``: originals in RAM, since VRAM is what these modes save; the master
+    weights live in RAM too, so on CUDA the patched weights are computed on the GPU and copied back rather than
+    computed by the CPU, and network tensors are copied for each switch and not kept.
     """
     if policy.memory_mode == "normal":
-        return None, None
-    return torch.device("cpu"), (policy.device if policy.is_cuda else None)
+        return PatchPlacement(None, None, policy.is_cuda)
+    return PatchPlacement(torch.device("cpu"), policy.device if policy.is_cuda else None, False)
 
 
 def choose_attention(args: argparse.Namespace) -> Attention:

@@ -8,7 +8,13 @@ nothing and switching one LoRA touches only its modules. If anything fails half 
 an interrupt), every module touched by that call is restored before the error propagates: the model is never left
 half-patched.
 
-Nothing here knows a file format: a delta is anything with :meth:`Delta.calc`.
+Nothing here knows a file format: a delta is anything with :meth:`Delta.calc`. A delta whose change does not depend
+on the weight (a plain LoRA: ``up @ down``) may also offer ``add_to(w, multiplier, stage)``, which adds
+``multiplier·ΔW`` into the fp32 working copy in place (one ``addmm_``) and returns ``True``, or returns ``False`` to
+fall back to ``calc``. A switch costs a few operations per module that way, which is what bounds it on a GPU (kernel
+launches, not FLOPs). ``stage`` puts a network's tensor on the compute device: in normal mode the copies of the
+networks of the last two reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves
+nothing from host memory, and VRAM holds at most two sets of network files beside the model.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Protocol
 
 import torch
@@ -49,7 +56,7 @@ class WeightPatcher:
     """Owns every change to one module tree's weights (the UNet or the text encoder)."""
 
     def __init__(self, root: torch.nn.Module, backup_device: torch.device | str | None = None,
-                 compute_device: torch.device | str | None = None) -> None:
+                 compute_device: torch.device | str | None = None, keep_staged: bool = False) -> None:
         """Args:
             root: the component.
             backup_device: where original weights are kept (``None``: beside the weight, the fastest restore;
@@ -57,10 +64,16 @@ class WeightPatcher:
             compute_device: where a patched weight is computed (``None``: where the weight is). In the low-memory
                 modes the master weights live in CPU memory; computing their deltas on the GPU and copying the
                 result back makes a LoRA switch there as fast as in normal mode instead of CPU-bound.
+            keep_staged: keep the device copies of network tensors (:meth:`stage`) used by the last two
+                reconciles; normal mode on a GPU, where VRAM is not being saved.
         """
         self.root = root
         self.backup_device = backup_device
         self.compute_device = None if compute_device is None else torch.device(compute_device)
+        self.keep_staged = keep_staged
+        self._staged: dict[int, tuple[torch.Tensor, torch.Tensor, int]] = {}  # id(source) → (source, copy, use)
+        self._reconciles = 0
+        self._params_by_path: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._applied: dict[str, Signature] = {}
         self.revision = 0  # bumped whenever any weight changes
@@ -83,6 +96,7 @@ class WeightPatcher:
         if not changed and not stale:
             self.state_key = tuple((network.key, network.multiplier) for network in wanted)
             return 0
+        self._reconciles += 1
         done: list[str] = []
         try:
             with torch.no_grad():
@@ -100,6 +114,8 @@ class WeightPatcher:
             self.revision += 1
             self.state_key = ("partial", self.revision)  # some modules may still carry the previous set
             raise
+        finally:
+            self._forget_staged()
         self.revision += 1
         self.state_key = tuple((network.key, network.multiplier) for network in wanted)
         return len(changed) + len(stale)
@@ -108,13 +124,39 @@ class WeightPatcher:
         """Back to the exact original weights."""
         self.reconcile(())
 
+    def stage(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` (a network's, in host memory) on ``device``, in its own dtype. With ``keep_staged`` the copy
+        is kept until two reconciles have not used it, so switching back to a recent set copies nothing."""
+        if tensor.device == device:
+            return tensor
+        if not self.keep_staged:
+            return tensor.to(device)
+        entry = self._staged.get(id(tensor))
+        copy = entry[1] if entry is not None and entry[0] is tensor and entry[1].device == device else tensor.to(device)
+        self._staged[id(tensor)] = (tensor, copy, self._reconciles)
+        return copy
+
+    @property
+    def staged_bytes(self) -> int:
+        """Bytes of network tensors kept on the compute device."""
+        return sum(copy.numel() * copy.element_size() for _, copy, _ in self._staged.values())
+
+    def _forget_staged(self) -> None:
+        """Drop the copies that neither this reconcile nor the one before used."""
+        oldest = self._reconciles - 1
+        for key in [k for k, (_, _, used) in self._staged.items() if used < oldest]:
+            del self._staged[key]
+
     def _params(self, path: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        module = self.root.get_submodule(path)
-        weight = getattr(module, "weight", None)
-        if not isinstance(weight, torch.Tensor):
-            raise ValueError(f"module {path!r} has no weight to patch")
-        bias = getattr(module, "bias", None)
-        return weight, bias if isinstance(bias, torch.Tensor) else None
+        params = self._params_by_path.get(path)  # the Parameter objects stay; offload swaps only their .data
+        if params is None:
+            module = self.root.get_submodule(path)
+            weight = getattr(module, "weight", None)
+            if not isinstance(weight, torch.Tensor):
+                raise ValueError(f"module {path!r} has no weight to patch")
+            bias = getattr(module, "bias", None)
+            params = self._params_by_path[path] = (weight, bias if isinstance(bias, torch.Tensor) else None)
+        return params
 
     def _apply(self, path: str, entries: list[tuple[WantedNetwork, Delta]], signature: Signature) -> None:
         weight, bias = self._params(path)
@@ -124,9 +166,14 @@ class WeightPatcher:
                                   None if bias is None else bias.detach().to(device, copy=True))
         original_w, original_b = self._backup[path]
         device = self.compute_device or weight.device
-        w = original_w.to(device=device, dtype=torch.float32)
+        # A fresh, contiguous fp32 working copy: add_to writes into it (never into the backup) through a 2-D view.
+        w = original_w.to(device=device, dtype=torch.float32, copy=True, memory_format=torch.contiguous_format)
         b = None if original_b is None else original_b.to(device=device, dtype=torch.float32)
+        stage = partial(self.stage, device=device)
         for network, delta in entries:  # sequential: a later network sees the earlier ones' result (A1111)
+            add_to = getattr(delta, "add_to", None)
+            if add_to is not None and add_to(w, network.multiplier, stage):
+                continue
             dw, db = delta.calc(w, b)
             if dw is not None:
                 w = w + network.multiplier * dw.to(w.device, torch.float32).reshape(w.shape)
@@ -135,7 +182,7 @@ class WeightPatcher:
                     raise ValueError(f"{path}: the network changes a bias this module does not have")
                 b = b + network.multiplier * db.to(b.device, torch.float32).reshape(b.shape)
         self._applied.pop(path, None)  # mark unknown while writing: a failure below restores it
-        weight.copy_(w.to(weight.dtype))  # across devices when computed elsewhere (cast first: fewer bytes moved)
+        weight.copy_(w if weight.device == w.device else w.to(weight.dtype))  # cast first when crossing devices
         if bias is not None and b is not None:
             bias.copy_(b.to(bias.dtype))
         self._applied[path] = signature

@@ -224,8 +224,9 @@ class ModelManager:
             pipe = model_loading.build_pipeline(state_dict, config, info.path.name)
             del state_dict
         logger.info("Loaded checkpoint: title=%s time=%.2fs", info.title, time.perf_counter() - start)
-        backups, compute = patch_devices(self.policy)
-        patchers = {name: WeightPatcher(getattr(pipe, name), backups, compute) for name in ("unet", "text_encoder")}
+        placement = patch_devices(self.policy)
+        patchers = {name: WeightPatcher(getattr(pipe, name), placement.backup, placement.compute, placement.keep_staged)
+                    for name in ("unet", "text_encoder")}
         return LoadedModel(info=info, pipe=pipe, patchers=patchers)
 
     def _activate(self, model: LoadedModel) -> None:

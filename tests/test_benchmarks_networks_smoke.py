@@ -6,6 +6,7 @@ No timing is asserted: timings live in ``docs/benchmarks.md``, as ratios measure
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,12 @@ def test_quick_benchmark_prints_our_rows_and_diffusers_rows() -> None:
     assert all("×" in row[6] or "%" in row[6] for row in rows if row[2].startswith("diffusers")), result.stdout
     # Like for like: the merged weights of both sides were compared (and matched, or the run would have failed).
     assert "Parity, set B merged (fresh" in result.stdout
+    # The linear (A1111-default) hypernetwork is folded: its step computes exactly the FLOPs of a plain step,
+    # the relu one (MLPs at every step) more.
+    flops = next(line for line in result.stdout.splitlines() if "FLOPs per step" in line)
+    counts = dict(re.findall(r"(no network|linear, folded|relu) ([0-9.e+-]+) GFLOP", flops))
+    assert set(counts) == {"no network", "linear, folded", "relu"}, flops
+    assert counts["linear, folded"] == counts["no network"] and float(counts["relu"]) > float(counts["no network"])
 
 
 def test_cuda_without_cuda_fails_clearly() -> None:
@@ -57,3 +64,17 @@ def test_cuda_without_cuda_fails_clearly() -> None:
     result = _run("--device", "cuda", timeout=300)
     assert result.returncode == 2
     assert "CUDA is not available" in result.stderr
+
+
+def test_hypernetwork_flops_folded_equals_plain_step() -> None:
+    """benchmarks/hypernetwork_flops.py (full-size UNet on the meta device): folding removes the hypernetwork's
+    per-step FLOPs; unfolded and with an activation it costs more."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hypernetwork_flops.py"), "--size", "128"],
+                            cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    per_step = {row[0]: float(row[1].replace(",", "")) for row in _table(result.stdout)}
+    base = per_step["no hypernetwork"]
+    assert base > 50  # GFLOP: the full-size UNet at 128², not a toy
+    assert per_step["A1111 default (linear), folded"] == base
+    assert per_step["A1111 default (linear), unfolded"] > 1.05 * base
+    assert per_step["relu (not foldable)"] > 1.05 * base

@@ -37,15 +37,17 @@ def test_cpu_is_fp32_with_a_notice(flags: list[str], caplog: pytest.LogCaptureFi
     assert "Running on the CPU in fp32" in caplog.text
 
 
-@pytest.mark.parametrize(("flags", "cuda", "backup", "compute"), [
-    ([], True, None, None),  # normal mode: both beside the weight, on the GPU
-    (["--medvram"], True, "cpu", "cuda"),  # masters and originals in RAM, deltas computed on the GPU
-    (["--lowvram"], True, "cpu", "cuda"),
-    (["--device-id", "1", "--lowvram"], True, "cpu", "cuda:1"),
-    ([], False, None, None),  # the CPU: everything where the weights are
+@pytest.mark.parametrize(("flags", "cuda", "backup", "compute", "keep"), [
+    ([], True, None, None, True),  # normal mode: beside the weight, on the GPU; LoRA factors stay there too
+    (["--medvram"], True, "cpu", "cuda", False),  # masters and originals in RAM, deltas computed on the GPU
+    (["--lowvram"], True, "cpu", "cuda", False),
+    (["--device-id", "1", "--lowvram"], True, "cpu", "cuda:1", False),
+    ([], False, None, None, False),  # the CPU: everything where the weights are
 ])
-def test_patch_devices_per_memory_mode(flags: list[str], cuda: bool, backup: str | None, compute: str | None) -> None:
+def test_patch_devices_per_memory_mode(flags: list[str], cuda: bool, backup: str | None, compute: str | None,
+                                       keep: bool) -> None:
     from modules.devices import patch_devices
 
     got = patch_devices(choose_policy(cmd_args.parse_args(flags), cuda_available=cuda))
-    assert got == (None if backup is None else torch.device(backup), None if compute is None else torch.device(compute))
+    assert got == (None if backup is None else torch.device(backup), None if compute is None else torch.device(compute),
+                   keep)

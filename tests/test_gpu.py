@@ -116,6 +116,100 @@ def test_networks_patch_fp16_master_weights_in_every_mode(make_state) -> None:
             assert np.abs(ours - normal).mean() < 1.0, mode
 
 
+def test_folded_hypernetwork_with_lora_in_fp16_in_every_mode(make_state, monkeypatch) -> None:
+    """An affine hypernetwork folded into fp16 self-attention projections, with a LoRA on the same modules: in each
+    memory mode the folded projections are computed on the GPU (from the streamed copies in lowvram) and the image
+    equals the unfolded hypernetwork's, and normal mode's, within fp16 tolerance."""
+    from test_lora import kohya_state_dict, write_lora
+
+    from modules.hypernetworks import extra_network as hypernet_extra_network
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
+    from modules.hypernetworks.processor import SelfAttentionFolds, install
+
+    prompt = "a red circle <hypernet:lin:1> <lora:style:0.8>"
+    torch.manual_seed(40)
+    hypernetwork = Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal"))
+    folded_devices: list[torch.device] = []
+    original_fold = SelfAttentionFolds._fold
+
+    def recording_fold(self, attn, width, device):
+        result = original_fold(self, attn, width, device)
+        folded_devices.extend(t.device for t in (result or ()) if t is not None)
+        return result
+
+    monkeypatch.setattr(SelfAttentionFolds, "_fold", recording_fold)
+    images, lora = {}, None
+    for mode in ("normal", "medvram", "lowvram"):
+        state = _mode_state(make_state, mode)
+        if lora is None:
+            lora = {k: v.cpu() for k, v in kohya_state_dict(state.models.current.pipe, seed=3).items()}
+        write_lora(state, "style", lora)
+        state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+        hypernetwork.save(state.paths.hypernetwork_dir / "lin.pt")
+        state.libraries["hypernet"].refresh()
+        folded_devices.clear()
+        images[mode] = np.asarray(process(state, GenerationParams(**{**BASE, "prompt": prompt})).images[0]).astype(np.float32)
+        assert folded_devices and all(d.type == "cuda" for d in folded_devices), mode
+        if mode == "normal":
+            images["lora only"] = np.asarray(process(state, GenerationParams(
+                **{**BASE, "prompt": "a red circle <lora:style:0.8>"})).images[0]).astype(np.float32)
+            with monkeypatch.context() as patch:
+                patch.setattr(hypernet_extra_network, "install", lambda unet, entries: install(unet, entries, fold=False))
+                images["unfolded"] = np.asarray(process(state, GenerationParams(
+                    **{**BASE, "prompt": prompt})).images[0]).astype(np.float32)
+        state.queue.shutdown()
+        del state
+        torch.cuda.empty_cache()
+    assert np.abs(images["normal"] - images["lora only"]).mean() > 1  # the hypernetwork changes the image
+    assert np.abs(images["normal"] - images["unfolded"]).mean() < 1.0
+    for mode in ("medvram", "lowvram"):
+        assert np.abs(images[mode] - images["normal"]).mean() < 1.0, mode
+
+
+def _host_to_device_copies(fn) -> int:
+    """How many host→device memcpys the CUDA profiler records while ``fn`` runs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return sum(1 for event in prof.events() if "HtoD" in event.name)
+
+
+def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_state) -> None:
+    """Normal mode keeps the LoRA factors of the last two sets on the GPU: A → B → A moves nothing from host
+    memory on the way back. ``--medvram`` (VRAM is what it saves) copies them at every switch — also the control
+    that the profiler sees these copies at all."""
+    from test_lora import kohya_state_dict, write_lora
+
+    from modules.extra_networks import ActivationContext, parse_prompt
+
+    counts = {}
+    for mode in ("normal", "medvram"):
+        state = _mode_state(make_state, mode)
+        pipe = state.models.current.pipe
+        for name, seed in (("a", 4), ("b", 5)):
+            write_lora(state, name, {k: v.cpu() for k, v in kohya_state_dict(pipe, seed=seed).items()})
+
+        def activate(prompt: str, state=state) -> None:
+            _, data = parse_prompt(prompt)
+            ctx = ActivationContext(model=state.models.current, opts=state.opts.snapshot())
+            with state.networks.activated(ctx, data):
+                assert not ctx.comments, ctx.comments
+
+        counts[mode] = [_host_to_device_copies(lambda p=p: activate(p))
+                        for p in ("<lora:a:0.8>", "<lora:b:0.8>", "<lora:a:0.8>")]
+        unet_patcher = state.models.current.patchers["unet"]
+        assert (unet_patcher.staged_bytes > 0) == (mode == "normal"), mode
+        activate("")
+        state.queue.shutdown()
+        del state, pipe
+        torch.cuda.empty_cache()
+    assert counts["normal"][0] > 0 and counts["normal"][2] == 0, counts
+    assert counts["medvram"][2] > 0, counts
+
+
 def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None:
     """``--opt-compile`` on CUDA (inductor, "reduce-overhead": CUDA graphs) gives the eager image within fp16
     tolerance, and a LoRA switch changes the weights in place: no new graph, and the switch shows in the image."""

@@ -582,6 +582,127 @@ def test_install_twice_is_refused(unet, tmp_path) -> None:
     assert not any(isinstance(p, HypernetworkAttnProcessor) for p in unet.attn_processors.values())
 
 
+# ------------------------------------------------------ (f) affine hypernetworks folded into self-attention
+
+def _self_attention_calls(unet: nn.Module, width: int) -> int:
+    return sum(1 for k in unet.attn_processors if k.endswith("attn1.processor")
+               and unet.get_submodule(k.removesuffix(".processor")).to_k.in_features == width)
+
+
+def _flops(unet: nn.Module, x: torch.Tensor, c: torch.Tensor) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        forward(unet, x, c)
+    return counter.get_total_flops()
+
+
+def test_affine_hypernetwork_costs_no_flops_in_self_attention(unet, inputs) -> None:
+    """A1111's default structure ([1, 2, 1], linear, no layer norm) at self-attention widths: once folded, a step
+    runs no MLP and counts exactly the FLOPs of a step without the hypernetwork; unfolded it costs more."""
+    torch.manual_seed(31)
+    hn = Hypernetwork.create("lin", [SELF_A, SELF_B], HypernetworkSpec(weight_initialization="XavierNormal"))
+    calls: dict[str, int] = {}
+    for width in (SELF_A, SELF_B):
+        _count_calls(hn.layers[width][0], calls, f"k{width}")
+        _count_calls(hn.layers[width][1], calls, f"v{width}")
+    x, c = inputs
+    base, base_flops = forward(unet, x, c), _flops(unet, x, c)
+    with install(unet, [(hn, 0.9)], fold=False):
+        unfolded = forward(unet, x, c)
+        unfolded_flops = _flops(unet, x, c)
+    assert calls == {f"{kv}{w}": 2 * _self_attention_calls(unet, w) for kv in "kv" for w in (SELF_A, SELF_B)}
+    with install(unet, [(hn, 0.9)]) as handle:
+        folded = forward(unet, x, c)  # folds at each module's first call
+        after_first = dict(calls)
+        steps = [forward(unet, x * (1 + i / 10), c) for i in range(3)]
+        folded_flops = _flops(unet, x, c)
+        assert calls == after_first  # no MLP ran in the later steps
+        assert handle.folds is not None and len(handle.folds._projections) == len(handle.wrapped)
+    assert (unfolded - base).abs().max() > 1e-2
+    torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
+    assert folded_flops == base_flops < unfolded_flops
+    assert not torch.equal(steps[0], steps[1])
+
+
+@pytest.mark.parametrize("spec", [
+    HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal"),
+    HypernetworkSpec((1, 2, 1), "linear", add_layer_norm=True, weight_initialization="XavierNormal"),
+], ids=["relu", "layer_norm"])
+def test_non_affine_hypernetwork_runs_its_mlps_every_step(unet, inputs, spec) -> None:
+    torch.manual_seed(32)
+    hn = Hypernetwork.create("nl", [SELF_A], spec)
+    calls: dict[str, int] = {}
+    _count_calls(hn.layers[SELF_A][0], calls, "k")
+    x, c = inputs
+    with install(unet, [(hn, 1.0)], fold=False):
+        reference = forward(unet, x, c)
+    calls["k"] = 0
+    with install(unet, [(hn, 1.0)]):
+        outs = [forward(unet, x, c) for _ in range(3)]
+    assert calls["k"] == 3 * _self_attention_calls(unet, SELF_A)
+    assert all(torch.equal(out, reference) for out in outs)
+
+
+def test_fold_composes_a_chain_and_falls_back_per_width(unet, inputs) -> None:
+    """Two hypernetworks in order: where both are affine (SELF_B) the chain is folded; where one has an activation
+    (SELF_A) that width runs the MLPs. Either way the result is the unfolded one."""
+    torch.manual_seed(33)
+    linear = Hypernetwork.create("lin", [SELF_A, SELF_B, CROSS], HypernetworkSpec(weight_initialization="XavierNormal"))
+    relu = Hypernetwork.create("relu", [SELF_A], HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal"))
+    second = Hypernetwork.create("lin2", [SELF_B], HypernetworkSpec((1, 1.5, 1), weight_initialization="XavierNormal"))
+    entries = [(linear, 0.7), (relu, 1.1), (second, -0.4)]
+    x, c = inputs
+    with install(unet, entries, fold=False):
+        unfolded = forward(unet, x, c)
+    with install(unet, entries) as handle:
+        folded = forward(unet, x, c)
+        widths = {unet.get_submodule(k.removesuffix(".processor")).to_k.in_features: k for k in handle.wrapped
+                  if k.endswith("attn1.processor")}
+        projections = {w: handle.folds.projections(unet.get_submodule(k.removesuffix(".processor")),
+                                                   torch.zeros(1, 1, w)) for w, k in widths.items()}
+    assert projections[SELF_A] is None and projections[SELF_B] is not None
+    torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
+
+
+def test_fold_reads_the_weights_of_the_job_not_of_the_install(unet, inputs) -> None:
+    """The registry activates hypernetworks before LoRAs: the fold must see to_k/to_v as patched afterwards (and
+    a new installation sees the next job's weights, nothing cached across installs)."""
+    torch.manual_seed(34)
+    hn = Hypernetwork.create("lin", [SELF_A], HypernetworkSpec(weight_initialization="XavierNormal"))
+    x, c = inputs
+    attn = next(m for name, m in unet.named_modules() if name.endswith("attn1") and m.to_k.in_features == SELF_A)
+    original = attn.to_k.weight.detach().clone()
+    try:
+        results = []
+        for scale in (1.5, 0.5):
+            with install(unet, [(hn, 1.0)]) as handle:
+                with torch.no_grad():  # "a LoRA" patched after the install, before the first step
+                    attn.to_k.weight.copy_(original * scale)
+                folded = forward(unet, x, c)
+                handle.restore()
+            with install(unet, [(hn, 1.0)], fold=False):
+                results.append((folded, forward(unet, x, c)))
+    finally:
+        with torch.no_grad():
+            attn.to_k.weight.copy_(original)
+    for folded, unfolded in results:
+        torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
+    assert (results[0][0] - results[1][0]).abs().max() > 1e-3
+
+
+def test_no_fold_while_the_mlps_are_trained(unet, inputs) -> None:
+    """With trainable MLPs the folded weights would cut them out of the graph: they stay unfolded and get gradients."""
+    torch.manual_seed(35)
+    hn = Hypernetwork.create("lin", [SELF_A], HypernetworkSpec(weight_initialization="XavierNormal"))
+    for mlp in hn.layers[SELF_A]:
+        mlp.requires_grad_(True)
+    x, c = inputs
+    with install(unet, [(hn, 1.0)]):
+        unet(x, 10, encoder_hidden_states=c, return_dict=False)[0].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().max() > 0 for mlp in hn.layers[SELF_A] for p in mlp.parameters())
+
+
 # ----------------------------------------------------------------------------------------------------- library
 
 def test_library_discovery_names_cache_and_api(tmp_path) -> None:

@@ -123,6 +123,12 @@ def ours(lyco_or_w: nn.Module | dict[str, torch.Tensor], layer: nn.Module, multi
     bias = None if getattr(layer, "bias", None) is None else layer.bias.detach().float().clone()
     dw, db = module.calc(layer.weight.detach().float().clone(), bias)
     assert dw is not None and dw.shape == layer.weight.shape
+    # What the patcher really writes (its add_to fast path for plain LoRA pairs, calc for the rest) is the same.
+    patched = copy.deepcopy(layer).float()
+    WeightPatcher(patched).reconcile([WantedNetwork("net", multiplier, {"": module})])
+    written = patched.weight.detach() - layer.weight.detach().float()
+    scale = max(layer.weight.abs().max().item(), (multiplier * dw).abs().max().item())
+    torch.testing.assert_close(written, multiplier * dw, atol=2e-6 * scale, rtol=0)
     return module, multiplier * dw, None if db is None else multiplier * db
 
 
@@ -347,6 +353,31 @@ def test_dylora_full_rank_and_dyn(layers, layer_name) -> None:
     lib_dw, _ = lyco.get_diff_weight(rank=asked)
     _, dw_dyn, _ = ours(sd, layer, dyn=used_blocks * block)
     assert_matches(f"dylora-{layer_name}-dyn", dw_dyn, lib_dw * used_blocks / rank, weight)
+
+
+@pytest.mark.parametrize(("case", "fast"), [
+    ("locon-linear", True), ("locon-conv3", True), ("locon-conv1", True),
+    ("locon-conv3-tucker", False), ("locon-dora-linear", False),
+])
+def test_plain_lora_pairs_take_the_patchers_fast_path(layers, case, fast) -> None:
+    """A plain up/down pair is added with one addmm_ (``add_to``; checked against ``calc`` and so against the
+    library by ``ours``); a Tucker core or DoRA goes through ``calc``. Also with a DyLoRA rank limit."""
+    _, layer_name, build, _ = next(c for c in CASES if c[0] == case)
+    layer = layers[layer_name]
+    lyco = randomize(build(copy.deepcopy(layer)), seed=len(case))
+    module, dw, _ = ours(lyco, layer, multiplier=0.7)
+    working = layer.weight.detach().float().clone().contiguous()
+    assert module.add_to(working, 0.7, lambda t: t) is fast
+    if fast:
+        torch.testing.assert_close(working - layer.weight.detach().float(), dw, atol=1e-6, rtol=0)
+        module.dyn = 2
+        _, dw_dyn, _ = ours(lyco, layer, multiplier=0.7, dyn=2)
+        working = layer.weight.detach().float().clone().contiguous()
+        assert module.add_to(working, 0.7, lambda t: t)
+        torch.testing.assert_close(working - layer.weight.detach().float(), dw_dyn, atol=1e-6, rtol=0)
+        assert (dw_dyn - dw).abs().max() > 1e-3  # the rank limit matters
+    else:
+        assert torch.equal(working, layer.weight.detach().float())  # untouched when declined
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -92,6 +92,43 @@ def test_every_mode_gives_the_normal_image_with_and_without_lora(make_state) -> 
     assert not np.array_equal(results["normal"][0], results["normal"][1])
 
 
+def test_every_mode_gives_the_normal_image_with_lora_and_folded_hypernetwork(make_state, monkeypatch) -> None:
+    """A LoRA on to_k/to_v plus an affine hypernetwork folded into the same self-attention projections: the fold
+    must read the LoRA-patched weights (here the hypernetwork is activated first) wherever they are at the first
+    step — on the device (normal), moved there (medvram), or streamed (lowvram). Each mode gives normal mode's
+    image, and that is the unfolded hypernetwork's image up to float rounding."""
+    from test_lora import kohya_state_dict, write_lora
+
+    from modules.hypernetworks import extra_network as hypernet_extra_network
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
+    from modules.hypernetworks.processor import install
+
+    prompt = "a red circle <hypernet:lin:1> <lora:style:0.8>"  # activated in this order
+    torch.manual_seed(40)
+    hypernetwork = Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal"))
+    images = {}
+    for mode in ("normal", "medvram", "lowvram"):
+        state = state_with(make_state, memory_mode=mode)
+        if mode == "normal":
+            lora = kohya_state_dict(state.models.current.pipe, seed=3)
+        write_lora(state, "style", lora)
+        state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+        hypernetwork.save(state.paths.hypernetwork_dir / "lin.pt")
+        state.libraries["hypernet"].refresh()
+        images[mode] = pixels(process(state, GenerationParams(**{**BASE, "prompt": prompt})))
+        if mode == "normal":
+            images["lora only"] = pixels(process(state, GenerationParams(
+                **{**BASE, "prompt": "a red circle <lora:style:0.8>"})))
+            with monkeypatch.context() as patch:
+                patch.setattr(hypernet_extra_network, "install", lambda unet, entries: install(unet, entries, fold=False))
+                images["unfolded"] = pixels(process(state, GenerationParams(**{**BASE, "prompt": prompt})))
+        state.queue.shutdown()
+    assert np.abs(images["normal"] - images["lora only"]).max() > 8  # the hypernetwork changes the image
+    assert np.abs(images["normal"] - images["unfolded"]).max() <= 1
+    for mode in ("medvram", "lowvram"):
+        assert np.array_equal(images[mode], images["normal"]), f"{mode}: max |Δ| {np.abs(images[mode] - images['normal']).max()}"
+
+
 def test_lowvram_switch_reaches_the_unit_prefetched_across_jobs(make_state) -> None:
     """The UNet's last unit prefetches its first (``down_blocks.0.resnets.0``) for the next call, so that copy
     outlives the job. A network that patches that very unit between jobs must be seen from the next job's first

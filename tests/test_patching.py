@@ -187,3 +187,54 @@ def test_compute_device_is_where_deltas_see_the_weight(unet) -> None:
     assert torch.equal(unet.get_submodule(path).weight, expected)
     patcher.restore_all()
     assert identical(unet, original)
+
+
+class Staging:
+    """Stages its factor on the ``meta`` device (here the weights and the compute device are the CPU, where
+    staging is a no-op) from ``add_to``, then declines so that ``calc`` applies a fixed delta: the patcher's
+    keep/drop policy runs inside real reconciles."""
+
+    def __init__(self, delta: torch.Tensor) -> None:
+        self.delta, self.factor, self.copies, self.patcher = delta, torch.randn(16, 4), [], None
+
+    def add_to(self, weight, multiplier, stage):
+        assert stage(self.factor) is self.factor  # the compute device: nothing to copy
+        self.copies.append(self.patcher.stage(self.factor, torch.device("meta")))
+        return False
+
+    def calc(self, weight, bias):
+        return self.delta, None
+
+
+def test_staged_network_tensors_kept_for_the_last_two_sets_in_normal_mode(unet) -> None:
+    """With ``keep_staged`` (normal mode on a GPU) a set's device copies survive one switch to another set, so
+    switching back copies nothing; a third set drops the oldest. Without it every switch copies afresh."""
+    original = snapshot(unet)
+    path = linear_paths(unet)[0]
+    shape = unet.get_submodule(path).weight.shape
+    nets = {name: Staging(torch.full(shape, 0.01 * (i + 1))) for i, name in enumerate("abcd")}
+
+    def use(patcher, name):
+        nets[name].patcher = patcher
+        patcher.reconcile([WantedNetwork(name, 1.0, {path: nets[name]})])
+        return nets[name].copies[-1]
+
+    keeping = WeightPatcher(unet, keep_staged=True)
+    first_a = use(keeping, "a")
+    assert first_a.device.type == "meta" and first_a.shape == nets["a"].factor.shape
+    use(keeping, "b")
+    assert use(keeping, "a") is first_a  # back to the previous set: the kept copy
+    assert keeping.staged_bytes == 2 * first_a.numel() * first_a.element_size()
+    use(keeping, "c")
+    use(keeping, "d")
+    assert use(keeping, "a") is not first_a  # two other sets since: dropped, copied again
+    assert keeping.staged_bytes == 2 * first_a.numel() * first_a.element_size()
+    keeping.restore_all()
+    assert identical(unet, original)
+
+    copying = WeightPatcher(unet)
+    once = use(copying, "a")
+    use(copying, "b")
+    assert use(copying, "a") is not once and copying.staged_bytes == 0
+    copying.restore_all()
+    assert identical(unet, original)

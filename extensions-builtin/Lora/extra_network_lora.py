@@ -64,6 +64,16 @@ class _DynView:
         finally:
             self.module.dyn = previous
 
+    def add_to(self, weight: torch.Tensor, multiplier: float, stage) -> bool:
+        add_to = getattr(self.module, "add_to", None)
+        if add_to is None:
+            return False
+        previous, self.module.dyn = self.module.dyn, self.dyn
+        try:
+            return add_to(weight, multiplier, stage)
+        finally:
+            self.module.dyn = previous
+
 
 class ExtraNetworkLora:
     """The ``lora`` extra network (``lyco`` is registered as its alias)."""

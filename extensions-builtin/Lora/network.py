@@ -37,6 +37,7 @@ class NetworkModule:
     weights: NetworkWeights
     dim: int | None = None  # rank, where the type has one (for alpha/dim)
     dyn: int | None = field(default=None)  # DyLoRA rank limit, set per activation (LoRA only)
+    _scale: float | None = field(default=None, init=False, repr=False)
 
     @property
     def alpha(self) -> float | None:
@@ -44,12 +45,15 @@ class NetworkModule:
         return float(alpha.item()) if alpha is not None else None
 
     def multiplier_scale(self) -> float:
-        """A1111's ``calc_scale``: ``scale`` key, else ``alpha/dim``, else 1."""
-        if "scale" in self.weights.w:
-            return float(self.weights.w["scale"].item())
-        if self.alpha is not None and self.dim:
-            return self.alpha / self.dim
-        return 1.0
+        """A1111's ``calc_scale``: ``scale`` key, else ``alpha/dim``, else 1 (read once: the tensors never change)."""
+        if self._scale is None:
+            if "scale" in self.weights.w:
+                self._scale = float(self.weights.w["scale"].item())
+            elif self.alpha is not None and self.dim:
+                self._scale = self.alpha / self.dim
+            else:
+                self._scale = 1.0
+        return self._scale
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(ΔW, Δbias)`` before the user's multiplier, ΔW shaped like ``weight`` (fp32)."""

@@ -8,6 +8,8 @@ down/up here too, so a group renamed or not by the key mapper is accepted either
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from . import lyco_helpers
@@ -44,6 +46,26 @@ class NetworkModuleLora(NetworkModule):
                 output_shape += list(down.shape[2:])
             updown = lyco_helpers.rebuild_conventional(up, down, output_shape, self.dyn)
         return self.finalize_updown(updown, weight, tuple(output_shape))
+
+    def add_to(self, weight: torch.Tensor, multiplier: float, stage: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+        """The patcher's fast path: ``weight += multiplier · scale · up @ down`` as one ``addmm_`` on the fp32
+        working copy (a 2-D view: a conv kernel is flattened after dim 0, as ``calc_updown`` does).
+
+        Only for a plain pair: a Tucker core, a ``bias`` or ``dora_scale`` key, or shapes that do not line up go to
+        :meth:`calc_updown` (which also words the shape error). ``stage`` puts the factors on the weight's device.
+        """
+        if self.mid is not None or "bias" in self.weights.w or "dora_scale" in self.weights.w:
+            return False
+        up, down = lyco_helpers.as_matrix(self.up), lyco_helpers.as_matrix(self.down)
+        target = weight.view(weight.shape[0], -1)
+        if up.shape[0] != target.shape[0] or down.shape[1] != target.shape[1] or up.shape[1] != down.shape[0]:
+            return False
+        up = lyco_helpers.as_matrix(stage(self.up))
+        down = lyco_helpers.as_matrix(stage(self.down))
+        if self.dyn is not None:
+            up, down = up[:, :self.dyn], down[:self.dyn]
+        target.addmm_(up.to(weight.dtype), down.to(weight.dtype), alpha=multiplier * self.multiplier_scale())
+        return True
 
 
 def create_module(weights: NetworkWeights) -> NetworkModuleLora | None:
