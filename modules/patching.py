@@ -11,10 +11,11 @@ half-patched.
 Nothing here knows a file format: a delta is anything with :meth:`Delta.calc`. A delta whose change does not depend
 on the weight (a plain LoRA: ``up @ down``) may also offer ``add_to(w, multiplier, stage)``, which adds
 ``multiplier·ΔW`` into the fp32 working copy in place (one ``addmm_``) and returns ``True``, or returns ``False`` to
-fall back to ``calc``. A switch costs a few operations per module that way, which is what bounds it on a GPU (kernel
-launches, not FLOPs). ``stage`` puts a network's tensor on the compute device: in normal mode the copies of the
-networks of the last two reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves
-nothing from host memory, and VRAM holds at most two sets of network files beside the model.
+fall back to ``calc`` (or to ``calc_staged(w, b, stage)``: the same, with the network's tensors staged). A switch
+costs a few operations per module that way, which is what bounds it on a GPU (kernel launches, not FLOPs).
+``stage`` puts a network's tensor on the compute device: in normal mode the copies of the networks of the last two
+reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves nothing from host memory, and
+VRAM holds at most two sets of network files beside the model.
 """
 
 from __future__ import annotations
@@ -174,7 +175,8 @@ class WeightPatcher:
             add_to = getattr(delta, "add_to", None)
             if add_to is not None and add_to(w, network.multiplier, stage):
                 continue
-            dw, db = delta.calc(w, b)
+            calc_staged = getattr(delta, "calc_staged", None)
+            dw, db = delta.calc(w, b) if calc_staged is None else calc_staged(w, b, stage)
             if dw is not None:
                 w = w + network.multiplier * dw.to(w.device, torch.float32).reshape(w.shape)
             if db is not None:

@@ -178,8 +178,9 @@ def _host_to_device_copies(fn) -> int:
 
 
 def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_state) -> None:
-    """Normal mode keeps the LoRA factors of the last two sets on the GPU: A → B → A moves nothing from host
-    memory on the way back. ``--medvram`` (VRAM is what it saves) copies them at every switch — also the control
+    """Normal mode keeps the network tensors of the last two sets on the GPU (a kohya LoRA's factors, added by
+    ``add_to``, and a "full" network's diff, through ``calc_staged``): A → B → A moves nothing from host memory on
+    the way back. ``--medvram`` (VRAM is what it saves) copies them at every switch — also the control
     that the profiler sees these copies at all."""
     from test_lora import kohya_state_dict, write_lora
 
@@ -191,6 +192,8 @@ def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_s
         pipe = state.models.current.pipe
         for name, seed in (("a", 4), ("b", 5)):
             write_lora(state, name, {k: v.cpu() for k, v in kohya_state_dict(pipe, seed=seed).items()})
+        conv = pipe.unet.down_blocks[0].resnets[0].conv1.weight  # a "full" network: the calc_staged path
+        write_lora(state, "full", {"lora_unet_down_blocks_0_resnets_0_conv1.diff": torch.randn(conv.shape) * 0.1})
 
         def activate(prompt: str, state=state) -> None:
             _, data = parse_prompt(prompt)
@@ -199,12 +202,12 @@ def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_s
                 assert not ctx.comments, ctx.comments
 
         counts[mode] = [_host_to_device_copies(lambda p=p: activate(p))
-                        for p in ("<lora:a:0.8>", "<lora:b:0.8>", "<lora:a:0.8>")]
+                        for p in ("<lora:a:0.8> <lora:full:1>", "<lora:b:0.8>", "<lora:a:0.8> <lora:full:1>")]
         unet_patcher = state.models.current.patchers["unet"]
         assert (unet_patcher.staged_bytes > 0) == (mode == "normal"), mode
         activate("")
         state.queue.shutdown()
-        del state, pipe
+        del state, pipe, conv
         torch.cuda.empty_cache()
     assert counts["normal"][0] > 0 and counts["normal"][2] == 0, counts
     assert counts["medvram"][2] > 0, counts

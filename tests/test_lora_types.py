@@ -355,6 +355,28 @@ def test_dylora_full_rank_and_dyn(layers, layer_name) -> None:
     assert_matches(f"dylora-{layer_name}-dyn", dw_dyn, lib_dw * used_blocks / rank, weight)
 
 
+@pytest.mark.parametrize("case,layer_name,build,class_name", CASES, ids=[c[0] for c in CASES])
+def test_every_file_tensor_goes_through_the_patchers_stage(layers, case, layer_name, build, class_name) -> None:
+    """``calc_staged`` reaches each of the file's tensors through ``stage`` (on a GPU: the copy kept between
+    switches), none by a direct host→device ``.to``, and computes what ``calc`` computes."""
+    layer = layers[layer_name]
+    lyco = randomize(build(copy.deepcopy(layer)), seed=len(case))
+    module = network_types.create_module(weights_for(lyco.state_dict(), layer))
+    staged: list[torch.Tensor] = []
+
+    def stage(tensor: torch.Tensor) -> torch.Tensor:
+        staged.append(tensor)
+        return tensor.clone()
+
+    weight = layer.weight.detach().float().clone()
+    expected, _ = module.calc(weight, None)
+    got, _ = module.calc_staged(weight, None, stage)
+    assert torch.equal(got, expected)
+    used = {id(t) for t in staged}
+    unstaged = sorted(k for k, t in module.weights.w.items() if t.numel() > 1 and id(t) not in used)
+    assert not unstaged, f"{case}: tensors used without staging: {unstaged}"
+
+
 @pytest.mark.parametrize(("case", "fast"), [
     ("locon-linear", True), ("locon-conv3", True), ("locon-conv1", True),
     ("locon-conv3-tucker", False), ("locon-dora-linear", False),

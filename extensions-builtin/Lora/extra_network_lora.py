@@ -64,6 +64,13 @@ class _DynView:
         finally:
             self.module.dyn = previous
 
+    def calc_staged(self, weight: torch.Tensor, bias: torch.Tensor | None, stage):
+        previous, self.module.dyn = self.module.dyn, self.dyn
+        try:
+            return self.module.calc_staged(weight, bias, stage)
+        finally:
+            self.module.dyn = previous
+
     def add_to(self, weight: torch.Tensor, multiplier: float, stage) -> bool:
         add_to = getattr(self.module, "add_to", None)
         if add_to is None:

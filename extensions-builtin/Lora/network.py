@@ -13,6 +13,7 @@ the file has ``dora_scale``. The multiplier applies last (in the patcher).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -38,6 +39,7 @@ class NetworkModule:
     dim: int | None = None  # rank, where the type has one (for alpha/dim)
     dyn: int | None = field(default=None)  # DyLoRA rank limit, set per activation (LoRA only)
     _scale: float | None = field(default=None, init=False, repr=False)
+    _stage: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, init=False, repr=False)
 
     @property
     def alpha(self) -> float | None:
@@ -63,12 +65,28 @@ class NetworkModule:
         """The ``modules.patching.Delta`` protocol."""
         return self.calc_updown(weight)
 
+    def calc_staged(self, weight: torch.Tensor, bias: torch.Tensor | None,
+                    stage: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """:meth:`calc` with the file's tensors put on the compute device by the patcher's ``stage`` (which keeps
+        the copies in normal mode on a GPU, so a switch back copies nothing from host memory)."""
+        self._stage = stage
+        try:
+            return self.calc_updown(weight)
+        finally:
+            self._stage = None
+
+    def on(self, tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """One of the file's tensors on ``weight``'s device and in its dtype (staged first when patching)."""
+        if self._stage is not None:
+            tensor = self._stage(tensor)
+        return tensor.to(weight)
+
     def finalize_updown(self, updown: torch.Tensor, weight: torch.Tensor, output_shape: tuple[int, ...] | torch.Size,
                         ex_bias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A1111's common tail: file bias, reshape, alpha scale, DoRA (the multiplier comes later)."""
         bias = self.weights.w.get("bias")
         if bias is not None:
-            updown = (updown.reshape(bias.shape) + bias.to(updown)).reshape(output_shape)
+            updown = (updown.reshape(bias.shape) + self.on(bias, updown)).reshape(output_shape)
         if len(output_shape) == 4:
             updown = updown.reshape(output_shape)
         if updown.numel() != weight.numel():  # e.g. a file for another model: name the module, not a reshape error
@@ -77,7 +95,7 @@ class NetworkModule:
         updown = updown.reshape(weight.shape) * self.multiplier_scale()
         dora_scale = self.weights.w.get("dora_scale")
         if dora_scale is not None:
-            updown = self.apply_dora(updown, weight, dora_scale.to(weight))
+            updown = self.apply_dora(updown, weight, self.on(dora_scale, weight))
         return updown, ex_bias
 
     @staticmethod

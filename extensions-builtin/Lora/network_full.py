@@ -20,8 +20,8 @@ class NetworkModuleFull(NetworkModule):
         self.diff_b = weights.w.get("diff_b")
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        diff_b = None if self.diff_b is None else self.diff_b.to(weight)
-        return self.finalize_updown(self.diff.to(weight), weight, tuple(self.diff.shape), diff_b)
+        diff_b = None if self.diff_b is None else self.on(self.diff_b, weight)
+        return self.finalize_updown(self.on(self.diff, weight), weight, tuple(self.diff.shape), diff_b)
 
 
 def create_module(weights: NetworkWeights) -> NetworkModuleFull | None:

@@ -40,12 +40,12 @@ class NetworkModuleGLora(NetworkModule):
         self.b_up, self.b_down, self.b_mid = b_up, b_down, b_mid
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        a = lyco_helpers.as_matrix(self.a_left.to(weight)) @ lyco_helpers.as_matrix(self.a_right.to(weight))  # (in, in)
+        a = lyco_helpers.as_matrix(self.on(self.a_left, weight)) @ lyco_helpers.as_matrix(self.on(self.a_right, weight))  # (in, in)
         if self.b_mid is not None:
-            b = lyco_helpers.rebuild_cp_decomposition(self.b_up.to(weight), self.b_down.to(weight),
-                                                      self.b_mid.to(weight))
+            b = lyco_helpers.rebuild_cp_decomposition(self.on(self.b_up, weight), self.on(self.b_down, weight),
+                                                      self.on(self.b_mid, weight))
         else:
-            b = lyco_helpers.as_matrix(self.b_up.to(weight)) @ lyco_helpers.as_matrix(self.b_down.to(weight))
+            b = lyco_helpers.as_matrix(self.on(self.b_up, weight)) @ lyco_helpers.as_matrix(self.on(self.b_down, weight))
         updown = b.reshape(weight.shape) + torch.einsum("o i ..., i j -> o j ...", weight, a)
         return self.finalize_updown(updown, weight, tuple(weight.shape))
 

@@ -27,16 +27,16 @@ class NetworkModuleHada(NetworkModule):
         self.t2 = w.get("hada_t2")
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        w1a, w1b, w2a, w2b = (t.to(weight) for t in (self.w1a, self.w1b, self.w2a, self.w2b))
+        w1a, w1b, w2a, w2b = (self.on(t, weight) for t in (self.w1a, self.w1b, self.w2a, self.w2b))
         if self.t1 is not None:
-            t1 = self.t1.to(weight)
+            t1 = self.on(self.t1, weight)
             output_shape = [w1a.shape[1], w1b.shape[1], *t1.shape[2:]]
             first = lyco_helpers.make_weight_cp(t1, w1a, w1b)
         else:
             output_shape = [w1a.shape[0], w1b.shape[1], *(w1b.shape[2:] if w1b.dim() == 4 else ())]
             first = lyco_helpers.rebuild_conventional(w1a, w1b, output_shape)
         if self.t2 is not None:
-            second = lyco_helpers.make_weight_cp(self.t2.to(weight), w2a, w2b)
+            second = lyco_helpers.make_weight_cp(self.on(self.t2, weight), w2a, w2b)
         else:
             second = lyco_helpers.rebuild_conventional(w2a, w2b, output_shape)
         return self.finalize_updown(first * second, weight, tuple(output_shape))

@@ -27,7 +27,7 @@ class NetworkModuleIa3(NetworkModule):
         self.on_input = bool(on_input.item()) if on_input is not None else False
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        scales = self.scales.to(weight).flatten()
+        scales = self.on(self.scales, weight).flatten()
         axis = 1 if self.on_input else 0
         if weight.dim() < 2 or scales.numel() != weight.shape[axis]:
             raise ValueError(f"{self.weights.network_key}: IA3 has {scales.numel()} scales for "

@@ -35,12 +35,12 @@ class NetworkModuleLokr(NetworkModule):
     def _side(self, whole: torch.Tensor | None, a: torch.Tensor | None, b: torch.Tensor | None,
               core: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
         if whole is not None:
-            return whole.to(like)
+            return self.on(whole, like)
         if a is None or b is None:
             raise ValueError(f"{self.weights.network_key}: a LoKr side has neither a whole matrix nor an _a/_b pair")
         if core is not None:
-            return lyco_helpers.make_weight_cp(core.to(like), a.to(like), b.to(like))
-        return a.to(like) @ b.to(like)
+            return lyco_helpers.make_weight_cp(self.on(core, like), self.on(a, like), self.on(b, like))
+        return self.on(a, like) @ self.on(b, like)
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         w1 = self._side(self.w1, self.w1a, self.w1b, None, weight)

@@ -34,11 +34,11 @@ class NetworkModuleLora(NetworkModule):
         self.mid = mid
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        up = self.up.to(weight)
-        down = self.down.to(weight)
+        up = self.on(self.up, weight)
+        down = self.on(self.down, weight)
         output_shape: list[int] = [up.shape[0], down.shape[1]]
         if self.mid is not None:  # Tucker: the spatial kernel lives in the core; DyLoRA never has one
-            mid = self.mid.to(weight)
+            mid = self.on(self.mid, weight)
             updown = lyco_helpers.rebuild_cp_decomposition(up, down, mid)
             output_shape += list(mid.shape[2:])
         else:

@@ -19,8 +19,8 @@ class NetworkModuleNorm(NetworkModule):
         self.b_norm = weights.w.get("b_norm")
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        b_norm = None if self.b_norm is None else self.b_norm.to(weight)
-        return self.finalize_updown(self.w_norm.to(weight), weight, tuple(self.w_norm.shape), b_norm)
+        b_norm = None if self.b_norm is None else self.on(self.b_norm, weight)
+        return self.finalize_updown(self.on(self.w_norm, weight), weight, tuple(self.w_norm.shape), b_norm)
 
 
 def create_module(weights: NetworkWeights) -> NetworkModuleNorm | None:

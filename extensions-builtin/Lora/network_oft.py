@@ -83,11 +83,11 @@ class NetworkModuleOFT(NetworkModule):
         return 1.0
 
     def calc_updown(self, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        blocks = self.blocks.to(weight)
+        blocks = self.on(self.blocks, weight)
         rotations = blocks if self.is_r else cayley(blocks, self.constraint)
         merged = butterfly(weight, rotations) if self.is_boft else rotate_blocks(weight, rotations)
         if self.rescale is not None:
-            merged = merged * self.rescale.to(weight).reshape(-1, *[1] * (weight.dim() - 1))
+            merged = merged * self.on(self.rescale, weight).reshape(-1, *[1] * (weight.dim() - 1))
         return self.finalize_updown(merged - weight, weight, tuple(weight.shape))
 
 
