@@ -103,9 +103,8 @@ def patch_devices(policy: DevicePolicy) -> PatchPlacement:
     """Where network patching keeps the original weights, computes patched ones, and whether network tensors stay
     on the GPU between switches.
 
-    Normal mode: originals and computation beside the weight, the fastest; on a GPU the LoRA factors stay there
-    too while their file is in the parsed-file cache (``lora_in_memory_limit``), so a switch moves nothing from
-    host memory. ``--medvram``/``--lowvram``: originals in RAM, since VRAM is what these modes save; the master
+    Normal mode: originals and computation beside the weight, the fastest; on a GPU the network tensors of the
+    last two sets stay there too (``WeightPatcher.stage``), so switching back moves nothing from host memory. ``--medvram``/``--lowvram``: originals in RAM, since VRAM is what these modes save; the master
     weights live in RAM too, so on CUDA the patched weights are computed on the GPU and copied back rather than
     computed by the CPU, and network tensors are copied for each switch and not kept.
     """

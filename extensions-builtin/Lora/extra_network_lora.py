@@ -12,6 +12,8 @@ the job: it is reported in the job's comments ("Networks not found: x").
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -57,29 +59,25 @@ class _DynView:
     def __init__(self, module, dyn: int) -> None:
         self.module, self.dyn = module, dyn
 
-    def calc(self, weight: torch.Tensor, bias: torch.Tensor | None):
+    @contextmanager
+    def _limited(self) -> Iterator[object]:
         previous, self.module.dyn = self.module.dyn, self.dyn
         try:
-            return self.module.calc(weight, bias)
+            yield self.module
         finally:
             self.module.dyn = previous
+
+    def calc(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        with self._limited() as module:
+            return module.calc(weight, bias)
 
     def calc_staged(self, weight: torch.Tensor, bias: torch.Tensor | None, stage):
-        previous, self.module.dyn = self.module.dyn, self.dyn
-        try:
-            return self.module.calc_staged(weight, bias, stage)
-        finally:
-            self.module.dyn = previous
+        with self._limited() as module:
+            return module.calc_staged(weight, bias, stage)
 
     def add_to(self, weight: torch.Tensor, multiplier: float, stage) -> bool:
-        add_to = getattr(self.module, "add_to", None)
-        if add_to is None:
-            return False
-        previous, self.module.dyn = self.module.dyn, self.dyn
-        try:
-            return add_to(weight, multiplier, stage)
-        finally:
-            self.module.dyn = previous
+        with self._limited() as module:
+            return module.add_to(weight, multiplier, stage)
 
 
 class ExtraNetworkLora:

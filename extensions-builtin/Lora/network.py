@@ -75,6 +75,11 @@ class NetworkModule:
         finally:
             self._stage = None
 
+    def add_to(self, weight: torch.Tensor, multiplier: float, stage: Callable[[torch.Tensor], torch.Tensor]) -> bool:
+        """The patcher's in-place fast path (see ``modules.patching``); only a plain LoRA pair takes it, every
+        other type declines and is computed by :meth:`calc_staged`."""
+        return False
+
     def on(self, tensor: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """One of the file's tensors on ``weight``'s device and in its dtype (staged first when patching)."""
         if self._stage is not None:

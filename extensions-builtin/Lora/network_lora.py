@@ -56,12 +56,10 @@ class NetworkModuleLora(NetworkModule):
         """
         if self.mid is not None or "bias" in self.weights.w or "dora_scale" in self.weights.w:
             return False
-        up, down = lyco_helpers.as_matrix(self.up), lyco_helpers.as_matrix(self.down)
+        up, down = lyco_helpers.as_matrix(stage(self.up)), lyco_helpers.as_matrix(stage(self.down))
         target = weight.view(weight.shape[0], -1)
         if up.shape[0] != target.shape[0] or down.shape[1] != target.shape[1] or up.shape[1] != down.shape[0]:
             return False
-        up = lyco_helpers.as_matrix(stage(self.up))
-        down = lyco_helpers.as_matrix(stage(self.down))
         if self.dyn is not None:
             up, down = up[:, :self.dyn], down[:self.dyn]
         target.addmm_(up.to(weight.dtype), down.to(weight.dtype), alpha=multiplier * self.multiplier_scale())

@@ -343,4 +343,3 @@ def composed_affine(entries: Sequence[tuple[Hypernetwork, float]], width: int,
     with torch.no_grad():
         outputs = apply_hypernetworks(entries, probe)
     return tuple((out[:width] - out[width], out[width].clone()) for out in outputs)
-

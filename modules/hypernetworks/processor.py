@@ -102,6 +102,15 @@ def _version(tensor: torch.Tensor) -> int | None:
 Projections = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
 
 
+def _on_device(entries: Entries, device: torch.device) -> Entries:
+    """``entries`` with their MLPs moved to ``device`` (the UNet may run elsewhere than where its weights were at
+    install: offload)."""
+    for hn, _ in entries:
+        if hn.device != device:
+            hn.to(device)
+    return entries
+
+
 class SelfAttentionFolds:
     """Self-attention K/V projections with affine hypernetworks folded in, per ``Attention`` module, for one install.
 
@@ -128,15 +137,12 @@ class SelfAttentionFolds:
         to_k, to_v = attn.to_k, attn.to_v
         if not all(type(lin) is torch.nn.Linear and lin.weight.device == device for lin in (to_k, to_v)):
             return None
-        if any(p.requires_grad for hn, _ in self.entries for pair in hn.layers.values() for mlp in pair
-               for p in mlp.parameters()):
-            return None  # being trained: the MLPs must stay in the graph
         maps = self._maps.get((width, device), ...)
         if maps is ...:
-            for hn, _ in self.entries:
-                if hn.device != device:
-                    hn.to(device)
-            maps = self._maps[(width, device)] = composed_affine(self.entries, width, device)
+            trained = any(p.requires_grad for hn, _ in self.entries for pair in hn.layers.values() for mlp in pair
+                          for p in mlp.parameters())  # then the MLPs must stay in the graph
+            maps = self._maps[(width, device)] = (
+                None if trained else composed_affine(_on_device(self.entries, device), width, device))
         if maps is None:
             return None
         folded: list[torch.Tensor | None] = []
@@ -176,10 +182,7 @@ class HypernetworkAttnProcessor:
         return self._attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
     def _transform(self, context: torch.Tensor) -> KV:
-        for hn, _ in self.entries:  # the UNet may run elsewhere than where its weights were at install (offload)
-            if hn.device != context.device:
-                hn.to(context.device)
-        return apply_hypernetworks(self.entries, context)
+        return apply_hypernetworks(_on_device(self.entries, context.device), context)
 
     def _attention(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
                    attention_mask: torch.Tensor | None, temb: torch.Tensor | None) -> torch.Tensor:
