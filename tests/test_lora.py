@@ -133,6 +133,34 @@ def test_te_and_unet_multipliers_follow_a1111(state) -> None:
     assert all(torch.equal(v, unet0[k]) for k, v in pipe.unet.state_dict().items())
 
 
+def test_dyn_tag_keeps_the_first_ranks_and_leaves_the_shared_file_whole(state) -> None:
+    """``<lora:x:1:dyn=2>`` on a rank-4 file (A1111: the first 2 ranks, scale alpha / full rank) equals a rank-2 file
+    of those ranks with alpha halved; the cached parse is shared, so the next job without ``dyn`` gets all 4."""
+    pipe = state.models.current.pipe
+    full = kohya_state_dict(pipe, seed=6, rank=4, alpha=2.0)
+    first_two = {}
+    for key, tensor in full.items():
+        if key.endswith("lora_down.weight"):
+            first_two[key] = tensor[:2].clone()
+        elif key.endswith("lora_up.weight"):
+            first_two[key] = tensor[:, :2].clone()
+        else:  # alpha: 2/4 over 4 ranks is the same scale as 1/2 over 2
+            first_two[key] = tensor / 2
+    write_lora(state, "x", full)
+    write_lora(state, "x2", first_two)
+    activate(state, "<lora:x2:1>")
+    expected = weights(pipe.unet)
+    activate(state, "<lora:x:1>")
+    whole = weights(pipe.unet)
+    activate(state, "<lora:x:1:dyn=2>")
+    for key, value in pipe.unet.state_dict().items():
+        torch.testing.assert_close(value, expected[key], atol=1e-6, rtol=0)
+    assert any((whole[k] - expected[k]).abs().max() > 1e-4 for k in whole)  # the limit matters
+    activate(state, "<lora:x:1>")
+    assert all(torch.equal(v, whole[k]) for k, v in pipe.unet.state_dict().items())
+    activate(state, "nothing")
+
+
 def test_switching_a_to_b_equals_b_fresh(state) -> None:
     pipe = state.models.current.pipe
     write_lora(state, "a", kohya_state_dict(pipe, seed=4))
