@@ -59,11 +59,14 @@ def browser() -> Iterator[object]:
 
 
 def new_page(browser, url: str, ready_selector: str, **context_options: object):
-    """A fresh context and page on ``url``, waited for until ``ready_selector`` is in the page."""
+    """A fresh context and page on ``url``, waited for until ``ready_selector`` is in the page and the page-load
+    event has filled the controls (``body[data-webui-loaded]``, set by ``assets.LOADED_JS``): a control edited
+    earlier would be overwritten by the load event's reply, which a busy machine can delay by seconds."""
     page = browser.new_context(viewport=VIEWPORT, **context_options).new_page()
     page.set_default_timeout(TIMEOUT_MS)
     page.goto(url)
     page.wait_for_selector(ready_selector)
+    page.wait_for_selector("body[data-webui-loaded=true]", state="attached")
     return page
 
 

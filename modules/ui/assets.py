@@ -25,6 +25,13 @@ def load_js() -> str:
 
 SET_OPTIONS_JS = "(values) => { window.webuiOpts = Object.assign(window.webuiOpts || {}, values || {}); }"
 
+#: Run once the page-load event has filled the controls with the stored values: sets the options, then marks the
+#: page loaded (``<body data-webui-loaded="true">``) and fires ``webui-loaded`` on ``document`` (A1111's
+#: ``onUiLoaded`` moment). Scripts — and the browser tests — wait for it: a control edited before the load event's
+#: reply arrives would be overwritten by it.
+LOADED_JS = ("(values) => { window.webuiOpts = Object.assign(window.webuiOpts || {}, values || {});"
+             " document.body.dataset.webuiLoaded = 'true'; document.dispatchEvent(new Event('webui-loaded')); }")
+
 
 def js_options(opts) -> dict[str, object]:
     """The settings the script needs, for a hidden JSON component."""

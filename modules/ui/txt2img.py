@@ -78,7 +78,7 @@ def create_ui(state: AppState) -> gr.Blocks:
 
         png_info.wire_send(state, send, parameters, controls.paste_targets(), checkpoint, controls.overrides, tabs)
         submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
-                     api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
+                     api_visibility="private").then(None, inputs=js_options, js=assets.LOADED_JS)
         _wire_quicksettings(state, checkpoint, vae, refresh)
 
         def on_load():
@@ -89,7 +89,7 @@ def create_ui(state: AppState) -> gr.Blocks:
 
         demo.load(None, js=assets.load_js())
         demo.load(on_load, outputs=[notice, checkpoint, vae, js_options, *setting_controls.values()],
-                  api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
+                  api_visibility="private").then(None, inputs=js_options, js=assets.LOADED_JS)
 
         def watch_running():  # a page opened while another page's or the API's job runs shows that job
             yield from progress.watch_running(state)
