@@ -79,6 +79,10 @@ class ActivationContext:
     opts: Mapping[str, object]
     infotext: dict[str, str] = field(default_factory=dict)  # e.g. "Lora hashes"; ends up in the infotext
     comments: list[str] = field(default_factory=list)  # user-visible warnings ("Lora not found: x")
+    #: Set by a network that changes how UNet modules compute for this job (hypernetwork attention processors),
+    #: not only their weights: a compiled UNet (--opt-compile) would recompile for every such job, so the job
+    #: runs it uncompiled. Weight patches (LoRA) leave it False: the compiled graph reads weights in place.
+    eager_unet: bool = False
 
 
 class ExtraNetwork(Protocol):

@@ -133,7 +133,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 # 6. Denoise.
                 run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
                 with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar, \
-                        _on_device(model, "unet"):
+                        _on_device(model, "unet"), _unet_compilation(state, ctx):
                     latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
                                                callback=_step_callback(state, bar))
             comments.extend(c for c in ctx.comments if c not in comments)
@@ -204,6 +204,17 @@ def _conditioning(state: AppState, setup: JobSetup, prompts: list[str],
 def _on_device(model: LoadedModel, component: str):
     """The memory mode's placement for one stage (a no-op in the normal mode)."""
     return model.offload.use(component) if model.offload is not None else contextlib.nullcontext()
+
+
+def _unet_compilation(state: AppState, ctx: extra_networks.ActivationContext):
+    """Leave a compiled UNet (--opt-compile) compiled, unless a network changed how its modules compute for this
+    job (``ctx.eager_unet``: hypernetwork attention processors, new objects per job). torch.compile would then
+    recompile for every job until it hits its recompile limit and drops the UNet to eager for good, the jobs
+    without those networks included; running this one job eagerly keeps the compiled graph for the others."""
+    if not (state.policy.compile and ctx.eager_unet):
+        return contextlib.nullcontext()
+    logger.info("This job's UNet runs uncompiled: a hypernetwork replaces its attention processors")
+    return torch.compiler.set_stance("force_eager")
 
 
 def _release(model: LoadedModel) -> None:

@@ -215,10 +215,13 @@ def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_s
 
 def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None:
     """``--opt-compile`` on CUDA (inductor, "reduce-overhead": CUDA graphs) gives the eager image within fp16
-    tolerance, and a LoRA switch changes the weights in place: no new graph, and the switch shows in the image."""
+    tolerance, and a LoRA switch changes the weights in place: no new graph, and the switch shows in the image.
+    A hypernetwork job runs uncompiled and compiles nothing either."""
     from torch._dynamo.utils import counters
 
     from test_lora import kohya_state_dict, write_lora
+
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
 
     eager_state = make_state()
     lora = kohya_state_dict(eager_state.models.current.pipe, seed=3)
@@ -235,6 +238,15 @@ def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None
     assert graphs >= 1
     compiled = _lora_images(state)
     assert counters["stats"]["unique_graphs"] == graphs  # no recompilation on either switch
+    state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(41)
+    Hypernetwork.create("lin", [32, 64], HypernetworkSpec(weight_initialization="XavierNormal")).save(
+        state.paths.hypernetwork_dir / "lin.pt")
+    state.libraries["hypernet"].refresh()
+    hypernet = process(state, GenerationParams(**{**BASE, "prompt": "a red circle <hypernet:lin:1>"})).images[0]
+    assert np.abs(np.asarray(hypernet).astype(np.float32) - plain).max() > 8  # the hypernetwork was applied
+    assert np.abs(_image(state) - plain).max() <= 1
+    assert counters["stats"]["unique_graphs"] == graphs  # the hypernetwork job ran eagerly
     assert np.abs(plain - compiled[0]).max() <= 1
     for ours, reference in zip(compiled, eager):
         assert np.abs(ours - reference).mean() < 1.0

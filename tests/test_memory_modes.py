@@ -193,6 +193,63 @@ def test_sliced_attention_and_channels_last_give_the_same_image(make_state) -> N
     assert np.abs(pixels(process(sliced, GenerationParams(**BASE))) - reference).max() <= 1
 
 
+class CountingBackend:
+    """A torch.compile backend that runs the captured graphs as they are and counts graphs and compiled calls."""
+
+    def __init__(self) -> None:
+        self.graphs = 0
+        self.calls = 0
+
+    def __call__(self, graph: torch.fx.GraphModule, example_inputs: list) -> object:
+        self.graphs += 1
+
+        def run(*args: object) -> object:
+            self.calls += 1
+            return graph.forward(*args)
+
+        return run
+
+
+@pytest.mark.slow
+def test_compiled_unet_runs_hypernetwork_jobs_eagerly_and_stays_compiled_for_the_others(make_state) -> None:
+    """--opt-compile with a hypernetwork: its attention processors are new objects per job, and compiling through
+    them recompiled at every job until torch.compile's recompile limit dropped the UNet to eager for good. The
+    hypernetwork job runs uncompiled (the same image as without --opt-compile); the jobs around it use the graph
+    compiled by the first job, and nothing is compiled again."""
+    from test_lora import kohya_state_dict, write_lora
+
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
+
+    torch.manual_seed(41)
+    hypernetwork = Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal"))
+    params = dict(BASE, sampler_name="Euler")
+    with_hypernet = {**params, "prompt": "a red circle <hypernet:lin:1>"}
+    backend = CountingBackend()
+    images = {}
+    for name, fields in (("eager", {}), ("compiled", {"compile": True, "compile_backend": backend})):
+        state = state_with(make_state, **fields)
+        state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+        hypernetwork.save(state.paths.hypernetwork_dir / "lin.pt")
+        state.libraries["hypernet"].refresh()
+        if name == "eager":
+            lora = kohya_state_dict(state.models.current.pipe, seed=6)
+        write_lora(state, "a", lora)
+        torch._dynamo.reset()
+        images[name, "plain"] = pixels(process(state, GenerationParams(**params)))
+        graphs, calls = backend.graphs, backend.calls
+        images[name, "hypernet"] = pixels(process(state, GenerationParams(**with_hypernet)))
+        if name == "compiled":
+            assert graphs >= 1 and calls >= params["steps"]  # the first job compiled the UNet and used it
+            assert (backend.graphs, backend.calls) == (graphs, calls)  # nothing compiled or run compiled
+        images[name, "lora"] = pixels(process(state, GenerationParams(**{**params, "prompt": "a red circle <lora:a:1>"})))
+        images[name, "plain again"] = pixels(process(state, GenerationParams(**params)))
+        state.queue.shutdown()
+    assert backend.graphs == graphs and backend.calls >= calls + 2 * params["steps"]  # compiled again, no new graph
+    assert np.abs(images["eager", "hypernet"] - images["eager", "plain"]).max() > 8  # the hypernetwork does work
+    for key in ("plain", "hypernet", "lora", "plain again"):
+        assert np.array_equal(images["compiled", key], images["eager", key]), key
+
+
 @pytest.mark.slow
 def test_compiled_unet_survives_lora_switches_without_recompiling(make_state) -> None:
     from torch._dynamo.utils import counters

@@ -341,3 +341,23 @@ def test_preprocess_crops_flips_and_copies_captions(tmp_path: Path) -> None:
     assert caption_for(tmp_path / "dst" / "00001-0-tall.png") == "tall"
     with pytest.raises(DatasetError, match="does not exist"):
         preprocess.preprocess(preprocess.PreprocessOptions(tmp_path / "dst2", tmp_path / "x"))
+
+
+def test_training_on_a_compiled_unet_compiles_nothing(make_state, tmp_path: Path) -> None:
+    """With --opt-compile, training (gradients, the trained hypernetwork's processors, the previews) runs the UNet
+    uncompiled: those graphs would be compiled for one job and never used again. The next generation compiles."""
+    from test_memory_modes import BASE, CountingBackend, state_with
+
+    from modules.processing import process
+    from modules.processing_params import GenerationParams
+
+    backend = CountingBackend()
+    compiled = state_with(make_state, compile=True, compile_backend=backend)
+    torch._dynamo.reset()
+    data = red_dataset(tmp_path / "red")
+    hypernetwork_trainer.create_hypernetwork(compiled, "comp", ["32", "64"])
+    result = hypernetwork_trainer.train_hypernetwork(compiled, "comp", settings(data, steps=4, create_image_every=4))
+    assert result.steps_run == 4 and (result.log_directory / "images" / "comp-4.png").is_file()
+    assert (backend.graphs, backend.calls) == (0, 0)
+    process(compiled, GenerationParams(**{**BASE, "steps": 2}))
+    assert backend.graphs >= 1 and backend.calls >= 2

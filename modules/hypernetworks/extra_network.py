@@ -42,6 +42,7 @@ class ExtraNetworkHypernet:
         if not entries:
             return
         self._installed = install(ctx.model.pipe.unet, entries)
+        ctx.eager_unet = ctx.eager_unet or bool(self._installed.wrapped)  # new processor objects per job
         for hypernetwork, _ in entries:
             if not hypernetwork.dims & self._installed.matched_dims:
                 widths = ", ".join(str(d) for d in sorted(hypernetwork.dims))

@@ -269,7 +269,9 @@ def train(state, trainable: Trainable, settings: TrainSettings, on_step: Callabl
     state.job.begin(f"train_{trainable.kind[:-1]}", settings.steps - initial)  # A1111: train_embedding
     start = time.perf_counter()
     try:
-        with frozen_model(model), trainable.activate(model):
+        # Training runs the UNet uncompiled: with --opt-compile, graphs with gradients and the trained
+        # hypernetwork's processors would be compiled for this one job and then never used again.
+        with frozen_model(model), trainable.activate(model), torch.compiler.set_stance("force_eager"):
             options = DatasetOptions(
                 data_root=Path(settings.data_root), width=settings.width, height=settings.height,
                 varsize=settings.varsize, template_lines=template, placeholder=trainable.name,
