@@ -1,14 +1,14 @@
-"""FLOPs of one SD1.5 UNet step with a hypernetwork: folded into self-attention, unfolded, and with an activation.
+"""FLOPs of one SD1.5 UNet step with a hypernetwork: folded into the weights, through processors, with an activation.
 
 A device-independent predictor of a hypernetwork's per-step cost where the UNet's FLOPs dominate (a GPU at 512²):
 the full-size UNet is built on PyTorch's ``meta`` device (shapes only, nothing computed, a few seconds on any
 machine) and ``torch.utils.flop_counter`` counts one CFG step (batch 2) — the issue's "1.61 TFLOP per CFG step" —
 without a hypernetwork and with A1111's default one (``[1, 2, 1]``, linear, widths 320/640/768/1280):
 
-* folded: the default path (``modules/hypernetworks/processor.py``), counted from the second step of a job;
-* unfolded: the same file with folding switched off (``install(..., fold=False)``), the MLPs at every step;
-* relu: a hypernetwork with an activation, which cannot be folded;
-* the one-off cost of folding, paid in the first step of each job.
+* folded: the default path for an affine file (``modules/hypernetworks/folding.py``: merged into the attention
+  weights by the weight patcher, once per change of the set, not per job); the fold's own FLOPs are counted too;
+* processors: the same file through the attention processors (``processor.py``), the MLPs at every step;
+* relu: a hypernetwork with an activation, which cannot be folded and always takes the processors.
 
 The text conditioning is the same tensor for every step, as in sampling, so the cross-attention (768) transform
 is counted once per job, not per step. Usage: ``python benchmarks/hypernetwork_flops.py [--size 512]``.
@@ -37,7 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
+    from modules.hypernetworks.folding import LAYER, fold
     from modules.hypernetworks.processor import install
+    from modules.patching import WeightPatcher
     from modules.paths import CONFIGS_DIR
 
     with torch.device("meta"):
@@ -57,14 +59,18 @@ def main(argv: list[str] | None = None) -> int:
     relu = Hypernetwork.create("relu", widths, HypernetworkSpec(activation_func="relu")).to("meta")
     base = flops()
     rows = [("no hypernetwork", base, None)]
-    for label, hypernetwork, fold in (("A1111 default (linear), folded", linear, True),
-                                      ("A1111 default (linear), unfolded", linear, False),
-                                      ("relu (not foldable)", relu, True)):
-        with install(unet, [(hypernetwork, 1.0)], fold=fold):
+    patcher = WeightPatcher(unet)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():  # the composed maps and the weight products
+        patcher.reconcile([fold(unet, [(linear, 1.0)])[0]], layer=LAYER)
+    rows.append(("A1111 default (linear), folded into the weights", flops(), counter.get_total_flops()))
+    patcher.restore_all()
+    for label, hypernetwork in (("A1111 default (linear), through processors", linear),
+                                ("relu (not foldable: processors)", relu)):
+        with install(unet, [(hypernetwork, 1.0)]):
             first, later = flops(), flops()
         rows.append((label, later, first - later))
     print(f"FLOPs per CFG step (batch 2) of the full-size SD1.5 UNet at {args.size}², torch {torch.__version__}:\n")
-    print("| configuration | GFLOP per step | vs no hypernetwork | once per job (first step) |")
+    print("| configuration | GFLOP per step | vs no hypernetwork | once (fold, or first step of a job) |")
     print("|---|---:|---:|---:|")
     for label, count, once in rows:
         ratio = "—" if count == base else f"{count / base - 1:+.2%}"

@@ -13,6 +13,13 @@ on the weight (a plain LoRA: ``up @ down``) may also offer ``add_to(w, multiplie
 ``multiplier·ΔW`` into the fp32 working copy in place (one ``addmm_``) and returns ``True``, or returns ``False`` to
 fall back to ``calc`` (or to ``calc_staged(w, b, stage)``: the same, with the network's tensors staged). A switch
 costs a few operations per module that way, which is what bounds it on a GPU (kernel launches, not FLOPs).
+A delta may also name, as ``requires``, another module (a path) whose working copy it reads during the same
+reconcile (a folded hypernetwork's ``to_out`` bias reads what its ``to_v`` computed): that module is then
+recomputed first whenever this one is, and a change there changes this module's signature.
+
+Networks come in layers (:meth:`WeightPatcher.reconcile`'s ``layer``), applied in layer order whatever order
+they are reconciled in: LoRAs in layer 0, folded hypernetworks after them (they transform what the
+LoRA-patched projections read).
 ``stage`` puts a network's tensor on the compute device: in normal mode the copies of the networks of the last two
 reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves nothing from host memory, and
 VRAM holds at most two sets of network files beside the model.
@@ -77,6 +84,7 @@ class WeightPatcher:
         self._params_by_path: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._applied: dict[str, Signature] = {}
+        self._layers: dict[int, tuple[WantedNetwork, ...]] = {}
         self.revision = 0  # bumped whenever any weight changes
         self.state_key: Hashable = ()  # the (network, multiplier) list now applied; caches of outputs key on it
 
@@ -85,14 +93,32 @@ class WeightPatcher:
         """Modules that currently differ from the original, with what is applied to them."""
         return dict(self._applied)
 
-    def reconcile(self, wanted: Sequence[WantedNetwork]) -> int:
-        """Make the weights equal the original plus ``wanted``'s deltas, in order; returns modules recomputed."""
+    def reconcile(self, wanted: Sequence[WantedNetwork], layer: int = 0) -> int:
+        """Make ``layer``'s networks ``wanted``, and the weights equal the original plus the deltas of every layer's
+        networks, lower layers first, each in order; returns the number of modules recomputed."""
+        self._layers[layer] = tuple(wanted)
+        try:
+            return self._reconcile([n for _, networks in sorted(self._layers.items()) for n in networks])
+        except BaseException:
+            self._layers[layer] = ()  # not applied (touched modules were restored): the next reconcile mends the rest
+            raise
+
+    def _reconcile(self, wanted: Sequence[WantedNetwork]) -> int:
         target: dict[str, list[tuple[WantedNetwork, Delta]]] = {}
         for network in wanted:
             for path, delta in network.deltas.items():
                 target.setdefault(path, []).append((network, delta))
         signatures = {path: tuple((n.key, n.multiplier) for n, _ in entries) for path, entries in target.items()}
+        reads = {path: sorted({r for _, d in entries if (r := getattr(d, "requires", None)) is not None})
+                 for path, entries in target.items()}
+        for path, required in reads.items():
+            for other in required:
+                if other not in target:
+                    raise ValueError(f"{path}: a network reads module {other!r}, which no network patches")
+                signatures[path] += (("requires", other, signatures[other]),)
         changed = [p for p in target if self._applied.get(p) != signatures[p]]
+        first = [r for p in changed for r in reads[p]]  # read by a changed module: recomputed before it
+        changed = list(dict.fromkeys(first + [p for p in changed if p not in first]))
         stale = [p for p in self._applied if p not in target]
         if not changed and not stale:
             self.state_key = tuple((network.key, network.multiplier) for network in wanted)
@@ -122,8 +148,9 @@ class WeightPatcher:
         return len(changed) + len(stale)
 
     def restore_all(self) -> None:
-        """Back to the exact original weights."""
-        self.reconcile(())
+        """Back to the exact original weights (every layer emptied)."""
+        self._layers.clear()
+        self._reconcile(())
 
     def stage(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``tensor`` (a network's, in host memory) on ``device``, in its own dtype. With ``keep_staged`` the copy

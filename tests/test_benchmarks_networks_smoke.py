@@ -67,14 +67,14 @@ def test_cuda_without_cuda_fails_clearly() -> None:
 
 
 def test_hypernetwork_flops_folded_equals_plain_step() -> None:
-    """benchmarks/hypernetwork_flops.py (full-size UNet on the meta device): folding removes the hypernetwork's
-    per-step FLOPs; unfolded and with an activation it costs more."""
+    """benchmarks/hypernetwork_flops.py (full-size UNet on the meta device): folded into the weights the
+    hypernetwork costs no FLOPs per step; through processors, and with an activation, it costs more."""
     result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hypernetwork_flops.py"), "--size", "128"],
                             cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-4000:]
     per_step = {row[0]: float(row[1].replace(",", "")) for row in _table(result.stdout)}
     base = per_step["no hypernetwork"]
     assert base > 50  # GFLOP: the full-size UNet at 128², not a toy
-    assert per_step["A1111 default (linear), folded"] == base
-    assert per_step["A1111 default (linear), unfolded"] > 1.05 * base
-    assert per_step["relu (not foldable)"] > 1.05 * base
+    assert per_step["A1111 default (linear), folded into the weights"] == base
+    assert per_step["A1111 default (linear), through processors"] > 1.05 * base
+    assert per_step["relu (not foldable: processors)"] > 1.05 * base

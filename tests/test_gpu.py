@@ -117,27 +117,26 @@ def test_networks_patch_fp16_master_weights_in_every_mode(make_state) -> None:
 
 
 def test_folded_hypernetwork_with_lora_in_fp16_in_every_mode(make_state, monkeypatch) -> None:
-    """An affine hypernetwork folded into fp16 self-attention projections, with a LoRA on the same modules: in each
-    memory mode the folded projections are computed on the GPU (from the streamed copies in lowvram) and the image
-    equals the unfolded hypernetwork's, and normal mode's, within fp16 tolerance."""
+    """An affine hypernetwork folded into fp16 attention weights, with a LoRA on the same modules: in each memory
+    mode the fold is computed on the GPU (the patcher's compute device, also for the masters in RAM of the
+    low-memory modes) and the image equals the same hypernetwork's through attention processors, and normal
+    mode's, within fp16 tolerance."""
     from test_lora import kohya_state_dict, write_lora
 
-    from modules.hypernetworks import extra_network as hypernet_extra_network
+    from modules.hypernetworks import folding
     from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
-    from modules.hypernetworks.processor import SelfAttentionFolds, install
 
     prompt = "a red circle <hypernet:lin:1> <lora:style:0.8>"
     torch.manual_seed(40)
     hypernetwork = Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal"))
     folded_devices: list[torch.device] = []
-    original_fold = SelfAttentionFolds._fold
+    original_get = folding._Maps.get
 
-    def recording_fold(self, attn, width, device):
-        result = original_fold(self, attn, width, device)
-        folded_devices.extend(t.device for t in (result or ()) if t is not None)
-        return result
+    def recording_get(self, device):
+        folded_devices.append(device)
+        return original_get(self, device)
 
-    monkeypatch.setattr(SelfAttentionFolds, "_fold", recording_fold)
+    monkeypatch.setattr(folding._Maps, "get", recording_get)
     images, lora = {}, None
     for mode in ("normal", "medvram", "lowvram"):
         state = _mode_state(make_state, mode)
@@ -153,8 +152,8 @@ def test_folded_hypernetwork_with_lora_in_fp16_in_every_mode(make_state, monkeyp
         if mode == "normal":
             images["lora only"] = np.asarray(process(state, GenerationParams(
                 **{**BASE, "prompt": "a red circle <lora:style:0.8>"})).images[0]).astype(np.float32)
-            with monkeypatch.context() as patch:
-                patch.setattr(hypernet_extra_network, "install", lambda unet, entries: install(unet, entries, fold=False))
+            with monkeypatch.context() as patch:  # the same file through attention processors
+                patch.setattr(folding, "fold", lambda *args: (None, frozenset()))
                 images["unfolded"] = np.asarray(process(state, GenerationParams(
                     **{**BASE, "prompt": prompt})).images[0]).astype(np.float32)
         state.queue.shutdown()
@@ -216,7 +215,7 @@ def test_switching_back_to_a_recent_lora_set_copies_nothing_from_the_host(make_s
 def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None:
     """``--opt-compile`` on CUDA (inductor, "reduce-overhead": CUDA graphs) gives the eager image within fp16
     tolerance, and a LoRA switch changes the weights in place: no new graph, and the switch shows in the image.
-    A hypernetwork job runs uncompiled and compiles nothing either."""
+    A linear hypernetwork, folded into the weights in place, compiles nothing either."""
     from torch._dynamo.utils import counters
 
     from test_lora import kohya_state_dict, write_lora
@@ -246,7 +245,7 @@ def test_opt_compile_with_cuda_graphs_survives_lora_switches(make_state) -> None
     hypernet = process(state, GenerationParams(**{**BASE, "prompt": "a red circle <hypernet:lin:1>"})).images[0]
     assert np.abs(np.asarray(hypernet).astype(np.float32) - plain).max() > 8  # the hypernetwork was applied
     assert np.abs(_image(state) - plain).max() <= 1
-    assert counters["stats"]["unique_graphs"] == graphs  # the hypernetwork job ran eagerly
+    assert counters["stats"]["unique_graphs"] == graphs  # the folded hypernetwork's job reused the graph
     assert np.abs(plain - compiled[0]).max() <= 1
     for ours, reference in zip(compiled, eager):
         assert np.abs(ours - reference).mean() < 1.0

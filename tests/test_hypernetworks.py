@@ -13,6 +13,7 @@ import os
 import pickle
 import shlex
 from collections import OrderedDict
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ from modules.hypernetworks.hypernetwork import ACTIVATIONS, Hypernetwork, Hypern
 from modules.hypernetworks.library import HypernetworkLibrary
 from modules.hypernetworks.processor import ContextCache, HypernetworkAttnProcessor, install
 from modules.model_loading import ModelFileError
+from modules.patching import WeightPatcher
 
 SELF_A, SELF_B, CROSS = 32, 64, 48
 BROKEN_ACTIVATIONS = {"glu", "threshold", "multiheadattention"}  # A1111 cannot run files with these either
@@ -79,6 +81,13 @@ def write_linear_file(path: Path, dims: list[int], seed: int, **meta: object) ->
     return tensors
 
 
+def write_relu_file(path: Path, dims: list[int], seed: int) -> None:
+    """An A1111 ``.pt`` with a relu activation: not affine, so generation applies it through attention processors."""
+    torch.manual_seed(seed)
+    Hypernetwork.create(path.stem, dims, HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal")
+                        ).save(path)
+
+
 def affine(tensors: tuple[torch.Tensor, ...], m: float) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
     """``c ↦ c + (A c + b)·m`` as (M, t) with M = I + m·A, t = m·b, for K and for V (float64)."""
     a_k, b_k, a_v, b_v = (t.double() for t in tensors)
@@ -111,8 +120,22 @@ def merged_unet(unet: nn.Module, maps: dict[int, tuple]) -> nn.Module:
     return merged
 
 
+_PATCHERS: dict[int, tuple[nn.Module, WeightPatcher]] = {}  # one per UNet, as a loaded model has
+
+
 def context(unet: nn.Module) -> ActivationContext:
-    return ActivationContext(model=SimpleNamespace(pipe=SimpleNamespace(unet=unet)), opts={})
+    """A job's context on a model that is just ``unet`` and its weight patcher (folded hypernetworks use it)."""
+    patcher = _PATCHERS.setdefault(id(unet), (unet, WeightPatcher(unet)))[1]
+    return ActivationContext(model=SimpleNamespace(pipe=SimpleNamespace(unet=unet), patchers={"unet": patcher},
+                                                   extras={}), opts={})
+
+
+@pytest.fixture(autouse=True)
+def _original_weights() -> Iterator[None]:
+    """Folded hypernetworks stay merged after a job (as LoRAs do): the shared UNets get their weights back."""
+    yield
+    for _, patcher in _PATCHERS.values():
+        patcher.restore_all()
 
 
 def tag(*items: str) -> ExtraNetworkParams:
@@ -313,7 +336,7 @@ def test_save_writes_a1111_keys(tmp_path) -> None:
 
 def test_processors_restored_exactly_and_output_unchanged(unet, inputs, tmp_path, library) -> None:
     library.folder.mkdir()
-    write_linear_file(library.folder / "h.pt", [SELF_A, CROSS], seed=7)
+    write_relu_file(library.folder / "h.pt", [SELF_A, CROSS], seed=7)
     registry = ExtraNetworkRegistry()
     registry.register(ExtraNetworkHypernet(library))
     x, c = inputs
@@ -367,8 +390,8 @@ def test_failed_activation_of_another_network_still_restores(unet, library) -> N
 
 def test_activate_replaces_previous_and_multiplier_rules(unet, inputs, library) -> None:
     library.folder.mkdir()
-    write_linear_file(library.folder / "a.pt", [CROSS], seed=9)
-    write_linear_file(library.folder / "b.pt", [SELF_B], seed=10)
+    write_relu_file(library.folder / "a.pt", [CROSS], seed=9)
+    write_relu_file(library.folder / "b.pt", [SELF_B], seed=10)
     network, ctx = ExtraNetworkHypernet(library), context(unet)
     original = unet.attn_processors
     x, c = inputs
@@ -467,7 +490,7 @@ class _Payload:
 def test_missing_corrupt_unsafe_and_foreign_files_are_reported(unet, tmp_path, library) -> None:
     folder = library.folder
     folder.mkdir()
-    write_linear_file(folder / "good.pt", [CROSS], seed=14)
+    write_relu_file(folder / "good.pt", [CROSS], seed=14)
     (folder / "corrupt.pt").write_bytes((folder / "good.pt").read_bytes()[:300])
     marker = tmp_path / "marker"
     torch.save({CROSS: linear_layers(CROSS, 1)[0], "name": _Payload(marker)}, folder / "unsafe.pt")
@@ -519,17 +542,18 @@ def test_two_hypernetworks_apply_in_sequence(unet, inputs, library) -> None:
     first = write_linear_file(library.folder / "one.pt", [CROSS, SELF_A], seed=16)
     second = write_linear_file(library.folder / "two.pt", [CROSS], seed=17)
     x, c = inputs
+    one, two = affine(first[CROSS], 0.6), affine(second[CROSS], 1.2)
+    in_order = {CROSS: tuple(compose(a, b) for a, b in zip(one, two)), SELF_A: affine(first[SELF_A], 0.6)}
+    reversed_order = {**in_order, CROSS: tuple(compose(b, a) for a, b in zip(one, two))}
+    expected, wrong = (forward(merged_unet(unet, maps), x, c) for maps in (in_order, reversed_order))
     network, ctx = ExtraNetworkHypernet(library), context(unet)
-    network.activate(ctx, [tag("one", "0.6"), tag("two", "1.2")])
+    network.activate(ctx, [tag("one", "0.6"), tag("two", "1.2")])  # affine: folded into the weights
     try:
         ours = forward(unet, x, c)
     finally:
         network.deactivate(ctx)
-    one, two = affine(first[CROSS], 0.6), affine(second[CROSS], 1.2)
-    in_order = {CROSS: tuple(compose(a, b) for a, b in zip(one, two)), SELF_A: affine(first[SELF_A], 0.6)}
-    reversed_order = {**in_order, CROSS: tuple(compose(b, a) for a, b in zip(one, two))}
-    torch.testing.assert_close(ours, forward(merged_unet(unet, in_order), x, c), atol=1e-5, rtol=0)
-    assert (ours - forward(merged_unet(unet, reversed_order), x, c)).abs().max() > 1e-4  # order matters
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=0)
+    assert (ours - wrong).abs().max() > 1e-4  # order matters
 
 
 @pytest.mark.parametrize("kind", ["spatial_group_norm_residual", "cross_norm_with_mask"])
@@ -582,12 +606,7 @@ def test_install_twice_is_refused(unet, tmp_path) -> None:
     assert not any(isinstance(p, HypernetworkAttnProcessor) for p in unet.attn_processors.values())
 
 
-# ------------------------------------------------------ (f) affine hypernetworks folded into self-attention
-
-def _self_attention_calls(unet: nn.Module, width: int) -> int:
-    return sum(1 for k in unet.attn_processors if k.endswith("attn1.processor")
-               and unet.get_submodule(k.removesuffix(".processor")).to_k.in_features == width)
-
+# ------------------------------------------------------ (g) affine hypernetworks folded into the attention weights
 
 def _flops(unet: nn.Module, x: torch.Tensor, c: torch.Tensor) -> int:
     from torch.utils.flop_counter import FlopCounterMode
@@ -597,110 +616,168 @@ def _flops(unet: nn.Module, x: torch.Tensor, c: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def test_affine_hypernetwork_costs_no_flops_in_self_attention(unet, inputs) -> None:
-    """A1111's default structure ([1, 2, 1], linear, no layer norm) at self-attention widths: once folded, a step
-    runs no MLP and counts exactly the FLOPs of a step without the hypernetwork; unfolded it costs more."""
+def _weights(unet: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in unet.state_dict().items()}
+
+
+def _with_biases(hn: Hypernetwork, seed: int) -> Hypernetwork:
+    """A1111 creates zero biases; trained files have others, and they are what the offsets of the fold carry."""
+    g = torch.Generator().manual_seed(seed)
+    for pair in hn.layers.values():
+        for mlp in pair:
+            for layer in mlp:
+                if isinstance(layer, nn.Linear):
+                    layer.bias.data = 0.3 * torch.randn(layer.bias.shape, generator=g)
+    return hn
+
+
+def test_affine_hypernetwork_is_folded_into_the_weights_and_costs_no_flops(unet, inputs, library) -> None:
+    """A1111's default structure ([1, 2, 1], linear, no layer norm) through the extra network: no processor, no
+    MLP call, a step's FLOPs exactly those of a step without it; the output is the processors' (which run the
+    MLPs on the context), and the next job without it gets the original weights bit for bit."""
     torch.manual_seed(31)
-    hn = Hypernetwork.create("lin", [SELF_A, SELF_B], HypernetworkSpec(weight_initialization="XavierNormal"))
-    calls: dict[str, int] = {}
-    for width in (SELF_A, SELF_B):
-        _count_calls(hn.layers[width][0], calls, f"k{width}")
-        _count_calls(hn.layers[width][1], calls, f"v{width}")
+    hn = _with_biases(Hypernetwork.create("lin", [SELF_A, SELF_B, CROSS],
+                                          HypernetworkSpec(weight_initialization="XavierNormal")), 1)
+    library.folder.mkdir()
+    hn.save(library.folder / "lin.pt")
     x, c = inputs
-    base, base_flops = forward(unet, x, c), _flops(unet, x, c)
-    with install(unet, [(hn, 0.9)], fold=False):
-        unfolded = forward(unet, x, c)
-        unfolded_flops = _flops(unet, x, c)
-    assert calls == {f"{kv}{w}": 2 * _self_attention_calls(unet, w) for kv in "kv" for w in (SELF_A, SELF_B)}
-    with install(unet, [(hn, 0.9)]) as handle:
-        folded = forward(unet, x, c)  # folds at each module's first call
-        after_first = dict(calls)
-        steps = [forward(unet, x * (1 + i / 10), c) for i in range(3)]
-        folded_flops = _flops(unet, x, c)
-        assert calls == after_first  # no MLP ran in the later steps
-        assert handle.folds is not None and len(handle.folds._projections) == len(handle.wrapped)
+    base, base_flops, original = forward(unet, x, c), _flops(unet, x, c), _weights(unet)
+    with install(unet, [(Hypernetwork.load(library.folder / "lin.pt"), 0.9)]):
+        unfolded, unfolded_flops = forward(unet, x, c), _flops(unet, x, c)
+    network, ctx = ExtraNetworkHypernet(library), context(unet)
+    processors = unet.attn_processors
+    network.activate(ctx, [tag("lin", "0.9")])
+    calls: dict[str, int] = {}
+    loaded = library.load("lin")
+    for width in (SELF_A, SELF_B, CROSS):
+        _count_calls(loaded.layers[width][0], calls, f"k{width}")
+    try:
+        assert all(unet.attn_processors[k] is p for k, p in processors.items())
+        folded, folded_flops = forward(unet, x, c), _flops(unet, x, c)
+    finally:
+        network.deactivate(ctx)
+    assert set(calls.values()) == {0}
     assert (unfolded - base).abs().max() > 1e-2
     torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
     assert folded_flops == base_flops < unfolded_flops
-    assert not torch.equal(steps[0], steps[1])
+    assert torch.equal(forward(unet, x, c), folded)  # merged until the next job, as a LoRA
+    network.activate(ctx, [])
+    assert all(torch.equal(v, original[k]) for k, v in unet.state_dict().items())
 
 
 @pytest.mark.parametrize("spec", [
     HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal"),
     HypernetworkSpec((1, 2, 1), "linear", add_layer_norm=True, weight_initialization="XavierNormal"),
 ], ids=["relu", "layer_norm"])
-def test_non_affine_hypernetwork_runs_its_mlps_every_step(unet, inputs, spec) -> None:
+def test_non_affine_hypernetwork_runs_its_mlps_every_step(unet, inputs, library, spec) -> None:
     torch.manual_seed(32)
-    hn = Hypernetwork.create("nl", [SELF_A], spec)
-    calls: dict[str, int] = {}
-    _count_calls(hn.layers[SELF_A][0], calls, "k")
+    library.folder.mkdir()
+    Hypernetwork.create("nl", [SELF_A], spec).save(library.folder / "nl.pt")
     x, c = inputs
-    with install(unet, [(hn, 1.0)], fold=False):
+    original = _weights(unet)
+    with install(unet, [(Hypernetwork.load(library.folder / "nl.pt"), 1.0)]):
         reference = forward(unet, x, c)
-    calls["k"] = 0
-    with install(unet, [(hn, 1.0)]):
+    network, ctx = ExtraNetworkHypernet(library), context(unet)
+    network.activate(ctx, [tag("nl")])
+    calls: dict[str, int] = {}
+    _count_calls(library.load("nl").layers[SELF_A][0], calls, "k")
+    try:
         outs = [forward(unet, x, c) for _ in range(3)]
-    assert calls["k"] == 3 * _self_attention_calls(unet, SELF_A)
+        assert all(torch.equal(v, original[k]) for k, v in unet.state_dict().items())  # nothing folded
+    finally:
+        network.deactivate(ctx)
+    self_attention = sum(1 for k in unet.attn_processors if k.endswith("attn1.processor")
+                         and unet.get_submodule(k.removesuffix(".processor")).to_k.in_features == SELF_A)
+    assert calls["k"] == 3 * self_attention
     assert all(torch.equal(out, reference) for out in outs)
 
 
-def test_fold_composes_a_chain_and_falls_back_per_width(unet, inputs) -> None:
-    """Two hypernetworks in order: where both are affine (SELF_B) the chain is folded; where one has an activation
-    (SELF_A) that width runs the MLPs. Either way the result is the unfolded one."""
+def test_a_chain_folds_where_it_is_affine_and_keeps_processors_elsewhere(unet, inputs, library) -> None:
+    """Three hypernetworks in order: where every one that has a width is affine (SELF_B, CROSS) the chain is folded;
+    where one has an activation (SELF_A) that width gets processors. Together: the all-processors result."""
     torch.manual_seed(33)
-    linear = Hypernetwork.create("lin", [SELF_A, SELF_B, CROSS], HypernetworkSpec(weight_initialization="XavierNormal"))
-    relu = Hypernetwork.create("relu", [SELF_A], HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal"))
-    second = Hypernetwork.create("lin2", [SELF_B], HypernetworkSpec((1, 1.5, 1), weight_initialization="XavierNormal"))
-    entries = [(linear, 0.7), (relu, 1.1), (second, -0.4)]
+    library.folder.mkdir()
+    files = {"lin": ([SELF_A, SELF_B, CROSS], HypernetworkSpec(weight_initialization="XavierNormal")),
+             "relu": ([SELF_A], HypernetworkSpec((1, 2, 1), "relu", weight_initialization="XavierNormal")),
+             "lin2": ([SELF_B], HypernetworkSpec((1, 1.5, 1), weight_initialization="XavierNormal"))}
+    for i, (name, (dims, spec)) in enumerate(files.items()):
+        _with_biases(Hypernetwork.create(name, dims, spec), i).save(library.folder / f"{name}.pt")
+    tags = [tag("lin", "0.7"), tag("relu", "1.1"), tag("lin2", "-0.4")]
     x, c = inputs
-    with install(unet, entries, fold=False):
+    with install(unet, [(Hypernetwork.load(library.folder / f"{t.items[0]}.pt"), float(t.items[1])) for t in tags]):
         unfolded = forward(unet, x, c)
-    with install(unet, entries) as handle:
+    network, ctx = ExtraNetworkHypernet(library), context(unet)
+    network.activate(ctx, tags)
+    try:
         folded = forward(unet, x, c)
-        widths = {unet.get_submodule(k.removesuffix(".processor")).to_k.in_features: k for k in handle.wrapped
-                  if k.endswith("attn1.processor")}
-        projections = {w: handle.folds.projections(unet.get_submodule(k.removesuffix(".processor")),
-                                                   torch.zeros(1, 1, w)) for w, k in widths.items()}
-    assert projections[SELF_A] is None and projections[SELF_B] is not None
+        wrapped = {unet.get_submodule(k.removesuffix(".processor")).to_k.in_features
+                   for k, p in unet.attn_processors.items() if isinstance(p, HypernetworkAttnProcessor)}
+        patched = {path.rsplit(".", 1)[-1] if not path.endswith("to_out.0") else "to_out.0"
+                   for path in ctx.model.patchers["unet"].patched}
+        widths = {unet.get_submodule(path.rsplit(".to_", 1)[0]).to_k.in_features
+                  for path in ctx.model.patchers["unet"].patched}
+    finally:
+        network.deactivate(ctx)
+        network.activate(ctx, [])
+    assert wrapped == {SELF_A} and widths == {SELF_B, CROSS} and patched == {"to_k", "to_v", "to_out.0"}
     torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
 
 
-def test_fold_reads_the_weights_of_the_job_not_of_the_install(unet, inputs) -> None:
-    """The registry activates hypernetworks before LoRAs: the fold must see to_k/to_v as patched afterwards (and
-    a new installation sees the next job's weights, nothing cached across installs)."""
+def test_the_fold_comes_after_the_loras_whatever_the_order(unet, inputs) -> None:
+    """The registry activates hypernetworks before LoRAs when their tag comes first. The fold is the patcher's
+    later layer: ``to_k``/``to_v`` are patched by the LoRA (layer 0) first and then mapped, whichever order the
+    two reconcile in — the processors' result on the LoRA-patched weights."""
+    from modules.hypernetworks import folding
+    from modules.patching import WantedNetwork
+
     torch.manual_seed(34)
-    hn = Hypernetwork.create("lin", [SELF_A], HypernetworkSpec(weight_initialization="XavierNormal"))
+    hn = _with_biases(Hypernetwork.create("lin", [SELF_A], HypernetworkSpec(weight_initialization="XavierNormal")), 2)
     x, c = inputs
-    attn = next(m for name, m in unet.named_modules() if name.endswith("attn1") and m.to_k.in_features == SELF_A)
-    original = attn.to_k.weight.detach().clone()
+    paths = [f"{name}.{proj}" for name, m in unet.named_modules() if name.endswith("attn1")
+             and m.to_k.in_features == SELF_A for proj in ("to_k", "to_v", "to_out.0")]
+
+    class Scale:  # "a LoRA": ΔW = W·(s − 1)
+        def __init__(self, s: float) -> None:
+            self.s = s
+
+        def calc(self, weight, bias):
+            return weight * (self.s - 1), None
+
+    lora = WantedNetwork("scale", 1.0, {p: Scale(1.5) for p in paths})
+    patcher = WeightPatcher(unet)
     try:
-        results = []
-        for scale in (1.5, 0.5):
-            with install(unet, [(hn, 1.0)]) as handle:
-                with torch.no_grad():  # "a LoRA" patched after the install, before the first step
-                    attn.to_k.weight.copy_(original * scale)
-                folded = forward(unet, x, c)
-                handle.restore()
-            with install(unet, [(hn, 1.0)], fold=False):
-                results.append((folded, forward(unet, x, c)))
+        patcher.reconcile([lora])
+        with install(unet, [(hn, 1.0)]):
+            expected = forward(unet, x, c)
+        patcher.restore_all()
+        fold, _ = folding.fold(unet, [(hn, 1.0)])
+        patcher.reconcile([fold], layer=folding.LAYER)  # the hypernetwork first ...
+        patcher.reconcile([lora])  # ... then the LoRA: the fold is recomputed on top of it
+        ours = forward(unet, x, c)
+        patcher.reconcile([WantedNetwork("scale 0.5", 1.0, {p: Scale(0.5) for p in paths})])
+        other = forward(unet, x, c)
     finally:
-        with torch.no_grad():
-            attn.to_k.weight.copy_(original)
-    for folded, unfolded in results:
-        torch.testing.assert_close(folded, unfolded, atol=2e-5, rtol=1e-5)
-    assert (results[0][0] - results[1][0]).abs().max() > 1e-3
+        patcher.restore_all()
+    torch.testing.assert_close(ours, expected, atol=2e-5, rtol=1e-5)
+    assert (ours - other).abs().max() > 1e-3
 
 
-def test_no_fold_while_the_mlps_are_trained(unet, inputs) -> None:
-    """With trainable MLPs the folded weights would cut them out of the graph: they stay unfolded and get gradients."""
+def test_nothing_is_folded_while_the_mlps_are_trained(unet, inputs) -> None:
+    """With trainable MLPs a fold would cut them out of the graph: fold() declines, and the processors (what
+    training installs) give them gradients."""
+    from modules.hypernetworks import folding
+
     torch.manual_seed(35)
     hn = Hypernetwork.create("lin", [SELF_A], HypernetworkSpec(weight_initialization="XavierNormal"))
+    assert folding.fold(unet, [(hn, 1.0)])[0] is not None
     for mlp in hn.layers[SELF_A]:
         mlp.requires_grad_(True)
+    assert folding.fold(unet, [(hn, 1.0)]) == (None, frozenset())
     x, c = inputs
     with install(unet, [(hn, 1.0)]):
         unet(x, 10, encoder_hidden_states=c, return_dict=False)[0].square().mean().backward()
     assert all(p.grad is not None and p.grad.abs().max() > 0 for mlp in hn.layers[SELF_A] for p in mlp.parameters())
+    unet.zero_grad(set_to_none=True)
 
 
 # ----------------------------------------------------------------------------------------------------- library

@@ -93,15 +93,14 @@ def test_every_mode_gives_the_normal_image_with_and_without_lora(make_state) -> 
 
 
 def test_every_mode_gives_the_normal_image_with_lora_and_folded_hypernetwork(make_state, monkeypatch) -> None:
-    """A LoRA on to_k/to_v plus an affine hypernetwork folded into the same self-attention projections: the fold
-    must read the LoRA-patched weights (here the hypernetwork is activated first) wherever they are at the first
-    step — on the device (normal), moved there (medvram), or streamed (lowvram). Each mode gives normal mode's
-    image, and that is the unfolded hypernetwork's image up to float rounding."""
+    """A LoRA on to_k/to_v plus an affine hypernetwork folded into the same attention weights (the hypernetwork
+    is activated first; the fold still comes after the LoRA): the patcher folds the master weights wherever they
+    live — on the device (normal), in RAM (medvram, lowvram). Each mode gives normal mode's image, and that is the
+    image of the same hypernetwork through attention processors up to float rounding."""
     from test_lora import kohya_state_dict, write_lora
 
-    from modules.hypernetworks import extra_network as hypernet_extra_network
+    from modules.hypernetworks import folding
     from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
-    from modules.hypernetworks.processor import install
 
     prompt = "a red circle <hypernet:lin:1> <lora:style:0.8>"  # activated in this order
     torch.manual_seed(40)
@@ -119,8 +118,8 @@ def test_every_mode_gives_the_normal_image_with_lora_and_folded_hypernetwork(mak
         if mode == "normal":
             images["lora only"] = pixels(process(state, GenerationParams(
                 **{**BASE, "prompt": "a red circle <lora:style:0.8>"})))
-            with monkeypatch.context() as patch:
-                patch.setattr(hypernet_extra_network, "install", lambda unet, entries: install(unet, entries, fold=False))
+            with monkeypatch.context() as patch:  # the same file through attention processors
+                patch.setattr(folding, "fold", lambda *args: (None, frozenset()))
                 images["unfolded"] = pixels(process(state, GenerationParams(**{**BASE, "prompt": prompt})))
         state.queue.shutdown()
     assert np.abs(images["normal"] - images["lora only"]).max() > 8  # the hypernetwork changes the image
@@ -211,43 +210,48 @@ class CountingBackend:
 
 
 @pytest.mark.slow
-def test_compiled_unet_runs_hypernetwork_jobs_eagerly_and_stays_compiled_for_the_others(make_state) -> None:
-    """--opt-compile with a hypernetwork: its attention processors are new objects per job, and compiling through
-    them recompiled at every job until torch.compile's recompile limit dropped the UNet to eager for good. The
-    hypernetwork job runs uncompiled (the same image as without --opt-compile); the jobs around it use the graph
-    compiled by the first job, and nothing is compiled again."""
+def test_compiled_unet_with_hypernetworks_compiles_nothing_new(make_state) -> None:
+    """--opt-compile with hypernetworks. An affine one (A1111's default) is folded into the weights in place: its
+    job runs the graph compiled by the first job. One with an activation needs attention processors, new objects
+    per job that made torch.compile recompile at every job until its recompile limit dropped the UNet to eager for
+    good: that job runs uncompiled. Every image equals the uncompiled state's, and nothing is compiled twice."""
     from test_lora import kohya_state_dict, write_lora
 
     from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
 
     torch.manual_seed(41)
-    hypernetwork = Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal"))
+    files = {"lin": Hypernetwork.create("lin", [32], HypernetworkSpec(weight_initialization="XavierNormal")),
+             "relu": Hypernetwork.create("relu", [32], HypernetworkSpec((1, 2, 1), "relu",
+                                                                       weight_initialization="XavierNormal"))}
     params = dict(BASE, sampler_name="Euler")
-    with_hypernet = {**params, "prompt": "a red circle <hypernet:lin:1>"}
+    prompts = {"plain": "a red circle", "lin": "a red circle <hypernet:lin:1>", "relu": "a red circle <hypernet:relu:1>",
+               "lora": "a red circle <lora:a:1> <hypernet:lin:0.5>", "plain again": "a red circle"}
     backend = CountingBackend()
-    images = {}
+    images, counts = {}, {}
     for name, fields in (("eager", {}), ("compiled", {"compile": True, "compile_backend": backend})):
         state = state_with(make_state, **fields)
         state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
-        hypernetwork.save(state.paths.hypernetwork_dir / "lin.pt")
+        for stem, hypernetwork in files.items():
+            hypernetwork.save(state.paths.hypernetwork_dir / f"{stem}.pt")
         state.libraries["hypernet"].refresh()
         if name == "eager":
             lora = kohya_state_dict(state.models.current.pipe, seed=6)
         write_lora(state, "a", lora)
         torch._dynamo.reset()
-        images[name, "plain"] = pixels(process(state, GenerationParams(**params)))
-        graphs, calls = backend.graphs, backend.calls
-        images[name, "hypernet"] = pixels(process(state, GenerationParams(**with_hypernet)))
-        if name == "compiled":
-            assert graphs >= 1 and calls >= params["steps"]  # the first job compiled the UNet and used it
-            assert (backend.graphs, backend.calls) == (graphs, calls)  # nothing compiled or run compiled
-        images[name, "lora"] = pixels(process(state, GenerationParams(**{**params, "prompt": "a red circle <lora:a:1>"})))
-        images[name, "plain again"] = pixels(process(state, GenerationParams(**params)))
+        for job, prompt in prompts.items():
+            images[name, job] = pixels(process(state, GenerationParams(**{**params, "prompt": prompt})))
+            counts[name, job] = (backend.graphs, backend.calls)
         state.queue.shutdown()
-    assert backend.graphs == graphs and backend.calls >= calls + 2 * params["steps"]  # compiled again, no new graph
-    assert np.abs(images["eager", "hypernet"] - images["eager", "plain"]).max() > 8  # the hypernetwork does work
-    for key in ("plain", "hypernet", "lora", "plain again"):
-        assert np.array_equal(images["compiled", key], images["eager", key]), key
+    steps = params["steps"]
+    graphs, calls = counts["compiled", "plain"]
+    assert graphs >= 1 and calls >= steps  # the first job compiled the UNet and ran it
+    assert counts["compiled", "lin"] == (graphs, calls + steps)  # folded: the same graph, compiled
+    assert counts["compiled", "relu"] == counts["compiled", "lin"]  # processors: nothing compiled or run compiled
+    assert counts["compiled", "plain again"] == (graphs, calls + 3 * steps)  # lin, lora, plain again compiled
+    assert np.abs(images["eager", "lin"] - images["eager", "plain"]).max() > 8  # the hypernetworks do work
+    assert np.abs(images["eager", "relu"] - images["eager", "plain"]).max() > 8
+    for job in prompts:
+        assert np.array_equal(images["compiled", job], images["eager", job]), job
 
 
 @pytest.mark.slow

@@ -238,3 +238,60 @@ def test_staged_network_tensors_kept_for_the_last_two_sets_in_normal_mode(unet) 
     assert use(copying, "a") is not once and copying.staged_bytes == 0
     copying.restore_all()
     assert identical(unet, original)
+
+
+class Reads:
+    """Δbias = the sum of another module's working weight, as that module's delta saw it in this reconcile (taken,
+    so a value left from an earlier reconcile is never used)."""
+
+    def __init__(self, seen: dict[str, torch.Tensor], requires: str) -> None:
+        self.seen, self.requires = seen, requires
+
+    def calc(self, weight, bias):
+        return None, torch.full_like(bias, float(self.seen.pop(self.requires).sum()))
+
+
+class Records(Scaling):
+    """A weight-dependent delta that leaves the weight it saw for a :class:`Reads`."""
+
+    def __init__(self, s: float, seen: dict[str, torch.Tensor], path: str) -> None:
+        super().__init__(s)
+        self.seen, self.path = seen, path
+
+    def calc(self, weight, bias):
+        self.seen[self.path] = weight.clone()
+        return super().calc(weight, bias)
+
+
+def test_a_module_that_reads_another_is_recomputed_with_it_and_after_it(unet) -> None:
+    """``requires``: the reading module (to_out) is recomputed after the module it reads (to_v) whenever either
+    changes — a change in to_v alone (a LoRA there) changes to_out's signature, a change in to_out alone
+    recomputes to_v first — and the result always equals a fresh patch of the same set."""
+    attn = next(n for n, m in unet.named_modules() if n.endswith("attn1"))
+    to_v, to_out = f"{attn}.to_v", f"{attn}.to_out.0"
+    original = snapshot(unet)
+    seen: dict[str, torch.Tensor] = {}
+    fold = WantedNetwork("fold", 1.0, {to_v: Records(0.5, seen, to_v), to_out: Reads(seen, to_v)})
+    lora_v = {s: WantedNetwork(("v", s), 1.0, random_network(unet, "v", s, [to_v])) for s in (1, 2)}
+    lora_out = {s: WantedNetwork(("out", s), 1.0, random_network(unet, "o", s, [to_out])) for s in (3, 4)}
+
+    def fresh(*lora: WantedNetwork) -> dict[str, torch.Tensor]:
+        other = WeightPatcher(unet)
+        other.reconcile(lora)
+        other.reconcile([fold], layer=1)
+        result = snapshot(unet)
+        other.restore_all()
+        return result
+
+    expected = {(v, o): fresh(lora_v[v], lora_out[o]) for v in (1, 2) for o in (3, 4)}
+    patcher = WeightPatcher(unet)
+    patcher.reconcile([fold], layer=1)
+    for v, o in [(1, 3), (2, 3), (2, 4), (1, 4)]:  # one of the two LoRAs changes at a time
+        patcher.reconcile([lora_v[v], lora_out[o]])
+        assert identical(unet, expected[v, o]), (v, o)
+    assert len({float(e[f"{to_out}.bias"].sum()) for e in expected.values()}) == 4  # the reads matter
+    patcher.restore_all()
+    assert identical(unet, original) and patcher.patched == {}
+    with pytest.raises(ValueError, match="no network patches"):
+        patcher.reconcile([WantedNetwork("alone", 1.0, {to_out: Reads(seen, to_v)})], layer=1)
+    assert identical(unet, original)

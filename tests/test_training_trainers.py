@@ -138,6 +138,8 @@ def test_train_hypernetwork_lowers_loss_keeps_weights_and_resumes(state, tmp_pat
     after = eval_loss(state, "a photo of a redhn, red scene, tinted <hypernet:redhn:1>", data)
     assert result.step == 24 and result.steps_run == 24 and not result.interrupted
     assert after < before * 0.95, (before, after)
+    for patcher in state.models.current.patchers.values():  # the evaluation's folded hypernetwork stays merged
+        patcher.restore_all()
     assert all(torch.equal(v, before_weights[k]) for k, v in weights(state).items()), "base weights changed"
     assert not any(type(p).__name__ == "HypernetworkAttnProcessor"
                    for p in state.models.current.pipe.unet.attn_processors.values())

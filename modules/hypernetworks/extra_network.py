@@ -1,4 +1,8 @@
-"""``<hypernet:name:multiplier>``: the extra network that installs hypernetwork attention processors for a job.
+"""``<hypernet:name:multiplier>``: the extra network that applies hypernetworks to the UNet for a job.
+
+Widths where the hypernetworks are affine (A1111's default ``linear`` files) are merged into the attention weights
+through the UNet's weight patcher (``folding.py``: a layer after the LoRAs; like a LoRA it stays merged until the
+next job asks for something else). Other widths get attention processors for the job (``processor.py``).
 
 As A1111's ``ExtraNetworkHypernet``: the name is ``items[0]`` (a file stem), the multiplier ``float(items[1])``
 (default 1.0), further items and ``k=v`` arguments are not used, several tags apply in prompt order. Nothing is
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 
 from modules.extra_networks import ActivationContext, ExtraNetworkParams
+from modules.hypernetworks import folding
 from modules.hypernetworks.hypernetwork import Hypernetwork
 from modules.hypernetworks.library import HypernetworkLibrary
 from modules.hypernetworks.processor import InstalledHypernetworks, install
@@ -36,22 +41,31 @@ class ExtraNetworkHypernet:
         self._installed: InstalledHypernetworks | None = None
 
     def activate(self, ctx: ActivationContext, params: list[ExtraNetworkParams]) -> None:
-        """Install exactly ``params``' hypernetworks on ``ctx.model.pipe.unet`` (replacing any installed before)."""
+        """Apply exactly ``params``' hypernetworks to ``ctx.model.pipe.unet`` (replacing any applied before)."""
         self._restore()
         entries = self._resolve(ctx, params)
+        model = ctx.model
+        unet = model.pipe.unet
+        modules = model.extras.get("attention_modules")
+        if modules is None:
+            modules = model.extras["attention_modules"] = folding.attention_modules(unet)
+        network, folded = folding.fold(unet, entries, modules) if entries else (None, frozenset())
+        model.patchers["unet"].reconcile([network] if network is not None else [], layer=folding.LAYER)
         if not entries:
             return
-        self._installed = install(ctx.model.pipe.unet, entries)
+        self._installed = install(unet, entries, widths=frozenset().union(*(hn.dims for hn, _ in entries)) - folded)
         ctx.eager_unet = ctx.eager_unet or bool(self._installed.wrapped)  # new processor objects per job
+        matched = self._installed.matched_dims | folded
         for hypernetwork, _ in entries:
-            if not hypernetwork.dims & self._installed.matched_dims:
+            if not hypernetwork.dims & matched:
                 widths = ", ".join(str(d) for d in sorted(hypernetwork.dims))
                 name = hypernetwork.filename.stem if hypernetwork.filename else hypernetwork.name
                 ctx.comments.append(f"Hypernetwork {name} does nothing on this model: it has layers "
                                     f"for context widths {widths} only")
 
     def deactivate(self, ctx: ActivationContext) -> None:
-        """Give the UNet its original attention processors back (safe after a failed or partial activate)."""
+        """Give the UNet its original attention processors back (safe after a failed or partial activate); folded
+        weights stay until the next job reconciles them, as LoRAs do."""
         self._restore()
 
     def _restore(self) -> None:

@@ -324,22 +324,3 @@ def is_affine(mlp: nn.Sequential) -> bool:
     A1111's default ``linear`` activation without layer norm."""
     return all(isinstance(m, nn.Linear) or (isinstance(m, (nn.Dropout, nn.Identity)) and not m.training)
                for m in mlp)
-
-
-def composed_affine(entries: Sequence[tuple[Hypernetwork, float]], width: int,
-                    device: torch.device | str | None = None) -> tuple[tuple[torch.Tensor, torch.Tensor], ...] | None:
-    """The K and V context transforms of ``entries`` at ``width`` as affine maps, when every MLP involved is affine.
-
-    Returns ``((matrix_k, offset_k), (matrix_v, offset_v))`` in float32 with ``apply_hypernetworks(entries, x)``
-    equal to ``x @ matrix + offset`` for K and V (row vectors, the whole chain composed), or ``None`` when no entry has
-    ``width`` or one that has is not affine (activation, layer norm, dropout in training mode). Read off the chain
-    itself: ``offset`` is its output for 0, row *i* of ``matrix`` its output for the unit vector *i* minus ``offset``.
-    """
-    pairs = [hn.layers[width] for hn, _ in entries if width in hn.layers]
-    if not pairs or not all(is_affine(mlp) for pair in pairs for mlp in pair):
-        return None
-    device = device if device is not None else pairs[0][0][0].weight.device
-    probe = torch.cat([torch.eye(width, device=device), torch.zeros(1, width, device=device)])
-    with torch.no_grad():
-        outputs = apply_hypernetworks(entries, probe)
-    return tuple((out[:width] - out[width], out[width].clone()) for out in outputs)

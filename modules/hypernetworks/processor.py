@@ -16,13 +16,9 @@ context width no hypernetwork has go to the wrapped original unchanged.
 The text conditioning is the same tensor for every step and every ``attn2``, so its transformed K/V contexts are
 computed once per conditioning tensor and reused (:class:`ContextCache`).
 
-Self-attention contexts change on every call, so there the MLPs would run at every step: with one hypernetwork of
-all four SD1 widths that is 13 % more FLOPs per step at 512² (1.81 instead of 1.61 TFLOP, counted by
-``torch.utils.flop_counter``). A1111's default hypernetwork is affine (``linear`` activation, no layer norm), and
-then ``to_k(x·M + t)`` is a single linear map of ``x``: :class:`SelfAttentionFolds` computes the folded projection
-``W_k Mᵀ`` and its bias ``W_k t`` once per installation, from the weights ``to_k``/``to_v`` have at the first call
-(LoRAs already merged; in ``--lowvram`` the streamed copy), and self-attention then costs exactly what it costs
-without a hypernetwork. Hypernetworks with activations or layer norms run their MLPs as before.
+Affine hypernetworks (A1111's default) do not come here in generation: they are merged into the attention
+weights (``folding.py``). These processors serve hypernetworks with activations or layer norms, whose MLPs run at
+every self-attention call, and training, whose MLPs must stay in the graph.
 """
 
 from __future__ import annotations
@@ -30,14 +26,14 @@ from __future__ import annotations
 import logging
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Self
 
 import torch
 import torch.nn.functional as F
 
-from modules.hypernetworks.hypernetwork import Hypernetwork, apply_hypernetworks, composed_affine
+from modules.hypernetworks.hypernetwork import Hypernetwork, apply_hypernetworks
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +95,6 @@ def _version(tensor: torch.Tensor) -> int | None:
         return None
 
 
-Projections = tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor | None]
-
-
 def _on_device(entries: Entries, device: torch.device) -> Entries:
     """``entries`` with their MLPs moved to ``device`` (the UNet may run elsewhere than where its weights were at
     install: offload)."""
@@ -111,63 +104,14 @@ def _on_device(entries: Entries, device: torch.device) -> Entries:
     return entries
 
 
-class SelfAttentionFolds:
-    """Self-attention K/V projections with affine hypernetworks folded in, per ``Attention`` module, for one install.
-
-    For a context transform ``x ↦ x·M + t`` (:func:`composed_affine`), ``to_k`` of the transformed context is
-    ``F.linear(x, W_k Mᵀ, W_k t + b_k)``. Folding happens in float32 and is stored in the weight's dtype. The
-    folded tensors are computed from the weights at a module's first call and kept until :meth:`clear`: an
-    installation lasts one job, and weights change (LoRA switches) only between jobs.
-    """
-
-    def __init__(self, entries: Entries) -> None:
-        self.entries = entries
-        self._maps: dict[tuple[int, torch.device], tuple | None] = {}
-        self._projections: dict[int, Projections | None] = {}
-
-    def projections(self, attn: torch.nn.Module, hidden_states: torch.Tensor) -> Projections | None:
-        """``attn``'s folded (W_k, b_k, W_v, b_v), or ``None`` where the hypernetworks at this width are not affine
-        (or the projections are not plain Linears on the hidden states' device)."""
-        key = id(attn)
-        if key not in self._projections:
-            self._projections[key] = self._fold(attn, hidden_states.shape[-1], hidden_states.device)
-        return self._projections[key]
-
-    def _fold(self, attn: torch.nn.Module, width: int, device: torch.device) -> Projections | None:
-        to_k, to_v = attn.to_k, attn.to_v
-        if not all(type(lin) is torch.nn.Linear and lin.weight.device == device for lin in (to_k, to_v)):
-            return None
-        maps = self._maps.get((width, device), ...)
-        if maps is ...:
-            trained = any(p.requires_grad for hn, _ in self.entries for pair in hn.layers.values() for mlp in pair
-                          for p in mlp.parameters())  # then the MLPs must stay in the graph
-            maps = self._maps[(width, device)] = (
-                None if trained else composed_affine(_on_device(self.entries, device), width, device))
-        if maps is None:
-            return None
-        folded: list[torch.Tensor | None] = []
-        with torch.no_grad():
-            for lin, (matrix, offset) in zip((to_k, to_v), maps):
-                weight = lin.weight.float()
-                bias = F.linear(offset, weight, None if lin.bias is None else lin.bias.float())
-                folded += [(weight @ matrix.T).to(lin.weight.dtype), bias.to(lin.weight.dtype)]
-        return tuple(folded)
-
-    def clear(self) -> None:
-        self._maps.clear()
-        self._projections.clear()
-
-
 class HypernetworkAttnProcessor:
     """Wraps one ``Attention`` module's original processor; transforms the K/V context with ``entries``."""
 
-    def __init__(self, inner: object, entries: Entries, cache: ContextCache,
-                 folds: SelfAttentionFolds | None = None) -> None:
+    def __init__(self, inner: object, entries: Entries, cache: ContextCache) -> None:
         self.inner = inner
         self.entries = entries
         self.dims = frozenset().union(*(hn.dims for hn, _ in entries))
         self.cache = cache
-        self.folds = folds
 
     def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None,
@@ -201,20 +145,13 @@ class HypernetworkAttnProcessor:
             hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
 
         query = attn.to_q(hidden_states)
-        folded = None
-        if encoder_hidden_states is None and self.folds is not None:
-            folded = self.folds.projections(attn, hidden_states)
-        if folded is not None:  # self-attention, affine hypernetworks: their maps are in the projections
-            w_k, b_k, w_v, b_v = folded
-            key, value = F.linear(hidden_states, w_k, b_k), F.linear(hidden_states, w_v, b_v)
+        if encoder_hidden_states is None:  # self-attention: the context is the (normed) hidden states
+            context_k, context_v = self._transform(hidden_states)
+        elif attn.norm_cross:  # a fresh tensor on every call: nothing to cache
+            context_k, context_v = self._transform(attn.norm_encoder_hidden_states(encoder_hidden_states))
         else:
-            if encoder_hidden_states is None:  # self-attention: the context is the (normed) hidden states
-                context_k, context_v = self._transform(hidden_states)
-            elif attn.norm_cross:  # a fresh tensor on every call: nothing to cache
-                context_k, context_v = self._transform(attn.norm_encoder_hidden_states(encoder_hidden_states))
-            else:
-                context_k, context_v = self.cache.get(encoder_hidden_states, self._transform)
-            key, value = attn.to_k(context_k), attn.to_v(context_v)
+            context_k, context_v = self.cache.get(encoder_hidden_states, self._transform)
+        key, value = attn.to_k(context_k), attn.to_v(context_v)
 
         head_dim = key.shape[-1] // attn.heads
         query, key, value = (t.view(batch, -1, attn.heads, head_dim).transpose(1, 2) for t in (query, key, value))
@@ -238,13 +175,12 @@ class InstalledHypernetworks:
     """What :func:`install` did to one UNet; ``restore()`` (or leaving the ``with`` block) undoes it exactly."""
 
     def __init__(self, unet: torch.nn.Module, original: dict[str, object], wrapped: tuple[str, ...],
-                 matched_dims: frozenset[int], cache: ContextCache, folds: SelfAttentionFolds | None = None) -> None:
+                 matched_dims: frozenset[int], cache: ContextCache) -> None:
         self._unet: torch.nn.Module | None = unet
         self._original = original
         self.wrapped = wrapped  # processor keys that got a hypernetwork processor
         self.matched_dims = matched_dims  # context widths of the hypernetworks that this UNet has
         self.cache = cache
-        self.folds = folds
 
     @property
     def active(self) -> bool:
@@ -256,8 +192,6 @@ class InstalledHypernetworks:
         if unet is not None:
             unet.set_attn_processor(dict(self._original))  # set_attn_processor pops from the dict it is given
         self.cache.clear()
-        if self.folds is not None:
-            self.folds.clear()
 
     def __enter__(self) -> Self:
         return self
@@ -267,35 +201,34 @@ class InstalledHypernetworks:
 
 
 def install(unet: torch.nn.Module, hypernetworks: Sequence[tuple[Hypernetwork, float]],
-            fold: bool = True) -> InstalledHypernetworks:
+            widths: Collection[int] | None = None) -> InstalledHypernetworks:
     """Apply ``(hypernetwork, multiplier)`` pairs, in that order, to ``unet``'s attention K/V contexts.
 
-    The hypernetworks' MLPs are moved to the UNet's device (they stay float32). With ``fold`` (for generation:
-    install per job, after the job's LoRAs are patched), affine hypernetworks are folded into the self-attention
-    projections (:class:`SelfAttentionFolds`); training passes ``False`` (its MLPs change at every step). Raises
+    Only attention modules whose context width is in ``widths`` (default: every width the hypernetworks have) get
+    a processor; generation passes the widths that :func:`~modules.hypernetworks.folding.fold` could not merge
+    into the weights. The hypernetworks' MLPs are moved to the UNet's device (they stay float32). Raises
     ``RuntimeError`` if hypernetwork processors are already installed on this UNet (restore those first).
     """
     entries: Entries = tuple((hn, float(multiplier)) for hn, multiplier in hypernetworks)
     original = unet.attn_processors
     if any(isinstance(p, HypernetworkAttnProcessor) for p in original.values()):
         raise RuntimeError("hypernetwork attention processors are already installed on this UNet; restore() them first")
-    device = next(unet.parameters()).device
-    for hn, _ in entries:
-        hn.to(device)
     dims = frozenset().union(*(hn.dims for hn, _ in entries))
+    if widths is not None:
+        dims &= frozenset(widths)
     cache = ContextCache()
-    folds = SelfAttentionFolds(entries) if fold else None
     wanted: dict[str, object] = {}
     wrapped: list[str] = []
     matched: set[int] = set()
     for key, processor in original.items():
         width = getattr(getattr(unet.get_submodule(key.removesuffix(".processor")), "to_k", None), "in_features", None)
         if width in dims:
-            wanted[key] = HypernetworkAttnProcessor(processor, entries, cache, folds)
+            wanted[key] = HypernetworkAttnProcessor(processor, entries, cache)
             wrapped.append(key)
             matched.add(width)
         else:
             wanted[key] = processor
     if wrapped:
+        _on_device(entries, next(unet.parameters()).device)
         unet.set_attn_processor(dict(wanted))
-    return InstalledHypernetworks(unet, original, tuple(wrapped), frozenset(matched), cache, folds)
+    return InstalledHypernetworks(unet, original, tuple(wrapped), frozenset(matched), cache)

@@ -120,7 +120,7 @@ class HypernetworkTrainable:
 
     @contextmanager
     def activate(self, model) -> Iterator[None]:
-        installed = install(model.pipe.unet, [(self.hypernetwork, 1.0)], fold=False)
+        installed = install(model.pipe.unet, [(self.hypernetwork, 1.0)])
         if not installed.wrapped:
             installed.restore()
             widths = ", ".join(str(w) for w in context_widths(model))
