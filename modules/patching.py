@@ -8,11 +8,15 @@ nothing and switching one LoRA touches only its modules. If anything fails half 
 an interrupt), every module touched by that call is restored before the error propagates: the model is never left
 half-patched.
 
-Nothing here knows a file format: a delta is anything with :meth:`Delta.calc`. A delta whose change does not depend
-on the weight (a plain LoRA: ``up @ down``) may also offer ``add_to(w, multiplier, stage)``, which adds
-``multiplier·ΔW`` into the fp32 working copy in place (one ``addmm_``) and returns ``True``, or returns ``False`` to
-fall back to ``calc`` (or to ``calc_staged(w, b, stage)``: the same, with the network's tensors staged). A switch
+Nothing here knows a file format: a delta is anything with :meth:`Delta.calc`. A delta may also offer
+``add_to(w, multiplier, stage)``, which changes the fp32 working copy in place — a plain LoRA adds
+``multiplier·up @ down`` with one ``addmm_``, a folded hypernetwork multiplies it — and returns ``True``, or returns
+``False`` to fall back to ``calc`` (or to ``calc_staged(w, b, stage)``: the same, with the network's tensors staged). A switch
 costs a few operations per module that way, which is what bounds it on a GPU (kernel launches, not FLOPs).
+``stage`` puts a network's tensor on the compute device: in normal mode the copies of the networks of the last two
+reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves nothing from host memory, and
+VRAM holds at most two sets of network files beside the model.
+
 A delta may also name, as ``requires``, another module (a path) whose working copy it reads during the same
 reconcile (a folded hypernetwork's ``to_out`` bias reads what its ``to_v`` computed): that module is then
 recomputed first whenever this one is, and a change there changes this module's signature.
@@ -20,9 +24,6 @@ recomputed first whenever this one is, and a change there changes this module's 
 Networks come in layers (:meth:`WeightPatcher.reconcile`'s ``layer``), applied in layer order whatever order
 they are reconciled in: LoRAs in layer 0, folded hypernetworks after them (they transform what the
 LoRA-patched projections read).
-``stage`` puts a network's tensor on the compute device: in normal mode the copies of the networks of the last two
-reconciles are kept (:meth:`WeightPatcher.stage`), so switching back and forth moves nothing from host memory, and
-VRAM holds at most two sets of network files beside the model.
 """
 
 from __future__ import annotations
