@@ -23,14 +23,15 @@ def load_js() -> str:
     return f"() => {{\nconst WEBUI_CSS = {json.dumps(css)};\n{script}\n}}"
 
 
-SET_OPTIONS_JS = "(values) => { window.webuiOpts = Object.assign(window.webuiOpts || {}, values || {}); }"
+_ASSIGN_OPTIONS = "window.webuiOpts = Object.assign(window.webuiOpts || {}, values || {});"
+SET_OPTIONS_JS = f"(values) => {{ {_ASSIGN_OPTIONS} }}"
 
 #: Run once the page-load event has filled the controls with the stored values: sets the options, then marks the
 #: page loaded (``<body data-webui-loaded="true">``) and fires ``webui-loaded`` on ``document`` (A1111's
 #: ``onUiLoaded`` moment). Scripts — and the browser tests — wait for it: a control edited before the load event's
 #: reply arrives would be overwritten by it.
-LOADED_JS = ("(values) => { window.webuiOpts = Object.assign(window.webuiOpts || {}, values || {});"
-             " document.body.dataset.webuiLoaded = 'true'; document.dispatchEvent(new Event('webui-loaded')); }")
+LOADED_JS = (f"(values) => {{ {_ASSIGN_OPTIONS} document.body.dataset.webuiLoaded = 'true';"
+             " document.dispatchEvent(new Event('webui-loaded')); }")
 
 
 def js_options(opts) -> dict[str, object]:

@@ -78,7 +78,7 @@ def create_ui(state: AppState) -> gr.Blocks:
 
         png_info.wire_send(state, send, parameters, controls.paste_targets(), checkpoint, controls.overrides, tabs)
         submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
-                     api_visibility="private").then(None, inputs=js_options, js=assets.LOADED_JS)
+                     api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
         _wire_quicksettings(state, checkpoint, vae, refresh)
 
         def on_load():
