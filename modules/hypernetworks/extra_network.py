@@ -44,16 +44,12 @@ class ExtraNetworkHypernet:
         """Apply exactly ``params``' hypernetworks to ``ctx.model.pipe.unet`` (replacing any applied before)."""
         self._restore()
         entries = self._resolve(ctx, params)
-        model = ctx.model
-        unet = model.pipe.unet
-        modules = model.extras.get("attention_modules")
-        if modules is None:
-            modules = model.extras["attention_modules"] = folding.attention_modules(unet)
-        network, folded = folding.fold(unet, entries, modules) if entries else (None, frozenset())
-        model.patchers["unet"].reconcile([network] if network is not None else [], layer=folding.LAYER)
+        unet = ctx.model.pipe.unet
+        network, folded = folding.fold(unet, entries)
+        ctx.model.patchers["unet"].reconcile([network] if network is not None else [], layer=folding.LAYER)
         if not entries:
             return
-        self._installed = install(unet, entries, widths=frozenset().union(*(hn.dims for hn, _ in entries)) - folded)
+        self._installed = install(unet, entries, skip=folded)
         ctx.eager_unet = ctx.eager_unet or bool(self._installed.wrapped)  # new processor objects per job
         matched = self._installed.matched_dims | folded
         for hypernetwork, _ in entries:

@@ -114,19 +114,19 @@ def attention_modules(unet: torch.nn.Module) -> dict[str, torch.nn.Module]:
             if all(hasattr(module, name) for name in ("to_k", "to_v", "to_out"))}
 
 
-def fold(unet: torch.nn.Module, entries: Entries,
-         modules: dict[str, torch.nn.Module] | None = None) -> tuple[WantedNetwork | None, frozenset[int]]:
+def fold(unet: torch.nn.Module, entries: Entries) -> tuple[WantedNetwork | None, frozenset[int]]:
     """The weight patch of ``entries`` (``(hypernetwork, multiplier)`` in tag order) for ``unet``, and the context
     widths it covers. A width is covered when every hypernetwork that has it is affine there, none of its MLPs is
     being trained, and every attention module of that width is :func:`foldable`; the other widths need the
     attention processors. ``(None, frozenset())`` when nothing can be folded."""
-    modules = attention_modules(unet) if modules is None else modules
+    if not entries or any(p.requires_grad for hn, _ in entries for pair in hn.layers.values() for mlp in pair
+                          for p in mlp.parameters()):
+        return None, frozenset()
+    modules = attention_modules(unet)
     by_width: dict[int, list[str]] = {}
     for path, attn in modules.items():
         by_width.setdefault(attn.to_k.in_features, []).append(path)
-    trained = any(p.requires_grad for hn, _ in entries for pair in hn.layers.values() for mlp in pair
-                  for p in mlp.parameters())
-    wanted = frozenset().union(*(hn.dims for hn, _ in entries)) if entries and not trained else frozenset()
+    wanted = frozenset().union(*(hn.dims for hn, _ in entries))
     deltas: dict[str, object] = {}
     covered: set[int] = set()
     offsets: dict[str, torch.Tensor] = {}  # to_v path → W_v·t, from the reconcile that is running

@@ -201,21 +201,18 @@ class InstalledHypernetworks:
 
 
 def install(unet: torch.nn.Module, hypernetworks: Sequence[tuple[Hypernetwork, float]],
-            widths: Collection[int] | None = None) -> InstalledHypernetworks:
+            skip: Collection[int] = ()) -> InstalledHypernetworks:
     """Apply ``(hypernetwork, multiplier)`` pairs, in that order, to ``unet``'s attention K/V contexts.
 
-    Only attention modules whose context width is in ``widths`` (default: every width the hypernetworks have) get
-    a processor; generation passes the widths that :func:`~modules.hypernetworks.folding.fold` could not merge
-    into the weights. The hypernetworks' MLPs are moved to the UNet's device (they stay float32). Raises
+    Attention modules whose context width is in ``skip`` get no processor: generation passes the widths that
+    :func:`~modules.hypernetworks.folding.fold` merged into the weights. The hypernetworks' MLPs are moved to the UNet's device (they stay float32). Raises
     ``RuntimeError`` if hypernetwork processors are already installed on this UNet (restore those first).
     """
     entries: Entries = tuple((hn, float(multiplier)) for hn, multiplier in hypernetworks)
     original = unet.attn_processors
     if any(isinstance(p, HypernetworkAttnProcessor) for p in original.values()):
         raise RuntimeError("hypernetwork attention processors are already installed on this UNet; restore() them first")
-    dims = frozenset().union(*(hn.dims for hn, _ in entries))
-    if widths is not None:
-        dims &= frozenset(widths)
+    dims = frozenset().union(*(hn.dims for hn, _ in entries)) - frozenset(skip)
     cache = ContextCache()
     wanted: dict[str, object] = {}
     wrapped: list[str] = []
