@@ -459,8 +459,8 @@ class Bench:
         library = self.state.libraries["lora"]
         patchers = self.state.models.current.patchers
         return {"read + group": (library, "load"), "sha256": (library, "read_hash"),
-                "reconcile UNet": (patchers["unet"], "reconcile"),
-                "reconcile text encoder": (patchers["text_encoder"], "reconcile")}
+                "reconcile UNet": (patchers["unet"], "_reconcile_layers"),
+                "reconcile text encoder": (patchers["text_encoder"], "_reconcile_layers")}
 
     # -- 1. switch --------------------------------------------------------------------------------------------
     def switch(self) -> None:

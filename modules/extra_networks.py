@@ -10,7 +10,9 @@ Extraction follows A1111 1.10 exactly:
 
 The registry activates every registered network on every job — with ``[]`` for those the prompt does not
 mention, which is how a network from the previous job gets switched off — and deactivates them in reverse
-order even when the job fails, so the model is never left half-patched.
+order even when the job fails, so the model is never left half-patched. While they activate, the model's weight
+patchers defer their work (:meth:`~modules.patching.WeightPatcher.deferred`): the weights are patched once, after
+the last network, however many network types changed the same modules.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -129,16 +131,20 @@ class ExtraNetworkRegistry:
 
     @contextmanager
     def activated(self, ctx: ActivationContext, data: Mapping[str, list[ExtraNetworkParams]]) -> Iterator[None]:
-        """Activate every registered network (mentioned ones first, in order of appearance), then deactivate all
-        of them in reverse order when the block ends, even on error."""
+        """Activate every registered network (mentioned ones first, in order of appearance) and patch the model's
+        weights once for all of them, then deactivate all of them in reverse order when the block ends, even on
+        error."""
         wanted = self.resolve(data, ctx.comments)
         order = [n for n in wanted] + [n for n in self._networks if n not in wanted]
         entered: list[ExtraNetwork] = []
         try:
-            for name in order:
-                network = self._networks[name]
-                entered.append(network)  # recorded first: a half-done activate is still deactivated
-                network.activate(ctx, wanted.get(name, []))
+            with ExitStack() as patching:
+                for patcher in getattr(ctx.model, "patchers", {}).values():
+                    patching.enter_context(patcher.deferred())
+                for name in order:
+                    network = self._networks[name]
+                    entered.append(network)  # recorded first: a half-done activate is still deactivated
+                    network.activate(ctx, wanted.get(name, []))
             yield
         finally:
             for network in reversed(entered):

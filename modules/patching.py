@@ -23,13 +23,15 @@ recomputed first whenever this one is, and a change there changes this module's 
 
 Networks come in layers (:meth:`WeightPatcher.reconcile`'s ``layer``), applied in layer order whatever order
 they are reconciled in: LoRAs in layer 0, folded hypernetworks after them (they transform what the
-LoRA-patched projections read).
+LoRA-patched projections read). Inside :meth:`WeightPatcher.deferred` a reconcile only records its layer and the
+block's end reconciles once: a job that changes both layers computes each module once, not once per layer.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Hashable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Protocol
@@ -86,6 +88,7 @@ class WeightPatcher:
         self._backup: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._applied: dict[str, Signature] = {}
         self._layers: dict[int, tuple[WantedNetwork, ...]] = {}
+        self._deferred: set[int] | None = None  # inside deferred(): the layers reconciled so far
         self.revision = 0  # bumped whenever any weight changes
         self.state_key: Hashable = ()  # the (network, multiplier) list now applied; caches of outputs key on it
 
@@ -96,12 +99,41 @@ class WeightPatcher:
 
     def reconcile(self, wanted: Sequence[WantedNetwork], layer: int = 0) -> int:
         """Make ``layer``'s networks ``wanted``, and the weights equal the original plus the deltas of every layer's
-        networks, lower layers first, each in order; returns the number of modules recomputed."""
+        networks, lower layers first, each in order; returns the number of modules recomputed (0 inside
+        :meth:`deferred`, whose end does the work)."""
         self._layers[layer] = tuple(wanted)
+        if self._deferred is not None:
+            self._deferred.add(layer)
+            return 0
+        return self._reconcile_layers((layer,))
+
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Reconciles inside the block record their layer; one reconcile when the block ends applies them all.
+
+        If the block raises, nothing is applied and the layers are as before it. If the final reconcile fails,
+        its error propagates from the ``with`` statement, as it would have from :meth:`reconcile`. Nested blocks
+        leave the work to the outermost.
+        """
+        if self._deferred is not None:
+            yield
+            return
+        before, self._deferred = dict(self._layers), set()
+        try:
+            yield
+        except BaseException:
+            self._layers = before
+            raise
+        finally:
+            layers, self._deferred = self._deferred, None
+        self._reconcile_layers(tuple(layers))
+
+    def _reconcile_layers(self, layers: Sequence[int]) -> int:
         try:
             return self._reconcile([n for _, networks in sorted(self._layers.items()) for n in networks])
         except BaseException:
-            self._layers[layer] = ()  # not applied (touched modules were restored): the next reconcile mends the rest
+            for layer in layers:  # not applied (touched modules were restored): the next reconcile mends the rest
+                self._layers[layer] = ()
             raise
 
     def _reconcile(self, wanted: Sequence[WantedNetwork]) -> int:

@@ -78,3 +78,14 @@ def test_hypernetwork_flops_folded_equals_plain_step() -> None:
     assert per_step["A1111 default (linear), folded into the weights"] == base
     assert per_step["A1111 default (linear), through processors"] > 1.05 * base
     assert per_step["relu (not foldable: processors)"] > 1.05 * base
+
+
+def test_layered_switch_writes_each_weight_once_when_deferred() -> None:
+    """benchmarks/layered_switch.py on the tiny model: both ways reach the same weights (the script checks), and
+    the deferred activation writes fewer UNet parameters per switch than one reconcile per layer."""
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "layered_switch.py"), "--model", "tiny",
+                             "--pairs", "1"], cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stderr[-4000:]
+    writes = dict(re.findall(r"(deferred|per layer)\s+median .* weight writes per switch \[(\d+)\]", result.stderr))
+    assert set(writes) == {"deferred", "per layer"}, result.stderr[-2000:]
+    assert 0 < int(writes["deferred"]) < int(writes["per layer"])

@@ -234,3 +234,38 @@ def test_peft_dotted_file_equals_its_kohya_twin(state) -> None:
     activate(state, "<lora:kohya:0.8>")
     assert all(torch.allclose(v, dotted[k], atol=1e-7) for k, v in pipe.unet.state_dict().items())
     activate(state, "")
+
+
+def test_a_job_changing_loras_and_folded_hypernetworks_writes_each_weight_once(state) -> None:
+    """LoRAs (patcher layer 0) and affine hypernetworks (folded, layer 1) both change ``to_k``/``to_v``; a job that
+    switches both patches every weight once, in whichever order the tags come (the patchers defer to the end of
+    activation), and the result equals activating the same prompt on pristine weights."""
+    from modules.hypernetworks import folding
+    from modules.hypernetworks.hypernetwork import Hypernetwork, HypernetworkSpec
+
+    pipe = state.models.current.pipe
+    widths = sorted({attn.to_k.in_features for attn in folding.attention_modules(pipe.unet).values()})
+    state.paths.hypernetwork_dir.mkdir(parents=True, exist_ok=True)
+    for seed, name in enumerate(("h1", "h2")):
+        torch.manual_seed(50 + seed)
+        Hypernetwork.create(name, widths, HypernetworkSpec(weight_initialization="XavierNormal")).save(
+            state.paths.hypernetwork_dir / f"{name}.pt")
+    state.libraries["hypernet"].refresh()
+    for seed, name in enumerate(("a", "b")):
+        write_lora(state, name, kohya_state_dict(pipe, seed=60 + seed))
+    original = weights(pipe.unet)
+    params = dict(pipe.unet.named_parameters())
+
+    activate(state, "x <lora:a:1> <hypernet:h1:1>")
+    for prompt in ("x <hypernet:h2:0.7> <lora:b:0.9>", "x <lora:a:0.5> <hypernet:h1:1>"):
+        before = {k: p._version for k, p in params.items()}
+        activate(state, prompt)
+        writes = {k: p._version - before[k] for k, p in params.items()}
+        to_k = [k for k in writes if k.endswith("to_k.weight")]
+        assert to_k and all(writes[k] == 1 for k in to_k), prompt  # changed by both layers, written once
+        assert max(writes.values()) == 1, prompt
+        switched = weights(pipe.unet)
+        activate(state, "x")
+        assert all(torch.equal(v, original[k]) for k, v in weights(pipe.unet).items())
+        activate(state, prompt)
+        assert all(torch.equal(v, switched[k]) for k, v in weights(pipe.unet).items()), prompt

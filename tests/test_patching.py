@@ -295,3 +295,84 @@ def test_a_module_that_reads_another_is_recomputed_with_it_and_after_it(unet) ->
     with pytest.raises(ValueError, match="no network patches"):
         patcher.reconcile([WantedNetwork("alone", 1.0, {to_out: Reads(seen, to_v)})], layer=1)
     assert identical(unet, original)
+
+
+def _versions(unet, paths: list[str]) -> dict[str, int]:
+    """How many times each module's weight has been written in place (``copy_`` bumps the counter)."""
+    return {p: unet.get_submodule(p).weight._version for p in paths}
+
+
+def test_deferred_reconciles_write_each_module_once_and_equal_immediate_ones(unet) -> None:
+    """Inside ``deferred()`` two layers changing the same modules cost one write per module, not one per layer,
+    and the weights equal what the two immediate reconciles give (layer order kept: the scaling sees the LoRA)."""
+    original = snapshot(unet)
+    paths = linear_paths(unet)[:10]
+    loras = {s: WantedNetwork(("lora", s), 1.0, random_network(unet, "l", s, paths)) for s in (1, 2)}
+    scales = {s: WantedNetwork(("scale", s), 1.0, {p: Scaling(s / 10) for p in paths[3:]}) for s in (1, 2)}
+    immediate = WeightPatcher(unet)
+    immediate.reconcile([scales[2]], layer=1)
+    immediate.reconcile([loras[2]])
+    expected = snapshot(unet)
+    immediate.restore_all()
+
+    patcher = WeightPatcher(unet)
+    with patcher.deferred():
+        patcher.reconcile([scales[1]], layer=1)
+        patcher.reconcile([loras[1]])
+    before = _versions(unet, paths)
+    with patcher.deferred():
+        assert patcher.reconcile([scales[2]], layer=1) == 0  # recorded, nothing written yet
+        assert _versions(unet, paths) == before
+        patcher.reconcile([loras[2]])
+    assert {p: v - before[p] for p, v in _versions(unet, paths).items()} == {p: 1 for p in paths}
+    assert identical(unet, expected)
+    # The same switch without deferral writes the modules both layers touch twice.
+    patcher.reconcile([scales[1]], layer=1)
+    patcher.reconcile([loras[1]])
+    before = _versions(unet, paths)
+    patcher.reconcile([scales[2]], layer=1)
+    patcher.reconcile([loras[2]])
+    assert [v - before[p] for p, v in _versions(unet, paths).items()] == [1] * 3 + [2] * 7
+    assert identical(unet, expected)
+    patcher.restore_all()
+    assert identical(unet, original)
+
+
+def test_deferred_block_that_raises_applies_nothing_and_forgets_its_layers(unet) -> None:
+    """An error inside the block (a network failing to activate) leaves the weights and the wanted layers as
+    before it: a later reconcile of one layer does not apply what the failed block recorded for another."""
+    original = snapshot(unet)
+    paths = linear_paths(unet)[:6]
+    lora = WantedNetwork("lora", 1.0, random_network(unet, "l", 7, paths))
+    patcher = WeightPatcher(unet)
+    patcher.reconcile([lora])
+    patched = snapshot(unet)
+    with pytest.raises(KeyError), patcher.deferred():
+        patcher.reconcile([WantedNetwork("scale", 1.0, {p: Scaling(0.5) for p in paths})], layer=1)
+        raise KeyError("activation failed")
+    assert identical(unet, patched)
+    patcher.reconcile([])  # layer 0 emptied; layer 1 must still be empty, not the abandoned scaling
+    assert identical(unet, original) and patcher.patched == {}
+
+
+def test_deferred_reconcile_that_fails_leaves_touched_modules_pristine(unet) -> None:
+    """The block's single reconcile fails like an immediate one: the error comes out of the ``with``, every module
+    it touched is original, and the layers it was applying are no longer wanted (the next reconcile mends)."""
+    original = snapshot(unet)
+    paths = linear_paths(unet)
+    patcher = WeightPatcher(unet)
+    good = WantedNetwork("good", 1.0, random_network(unet, "good", 8, paths[:8]))
+    with patcher.deferred():
+        patcher.reconcile([good])
+    with pytest.raises(RuntimeError, match="bad tensor"), patcher.deferred():
+        patcher.reconcile([good])
+        patcher.reconcile([WantedNetwork("bad", 1.0, {**random_network(unet, "b", 9, paths[8:12]),
+                                                      paths[12]: Exploding()})], layer=1)
+        with patcher.deferred():  # nested: the outer block does the work
+            patcher.reconcile([WantedNetwork("scale", 1.0, {p: Scaling(0.5) for p in paths[:8]})], layer=2)
+    for path in paths[:13]:
+        assert torch.equal(unet.get_submodule(path).weight, original[path + ".weight"]), path
+    patcher.reconcile([good])  # layers 1 and 2 were dropped: only "good" comes back
+    assert set(patcher.patched) == set(paths[:8])
+    patcher.restore_all()
+    assert identical(unet, original)
