@@ -182,13 +182,14 @@ def _conditioning(state: AppState, setup: JobSetup, prompts: list[str],
     """Encode the batch's prompts (cached), and the infotext fields this produces (TI hashes, Emphasis)."""
     model, opts = setup.model, setup.opts
     pipe = model.pipe
-    if state.embeddings is not None and state.embeddings.refresh(pipe.text_encoder.config.hidden_size):
-        model.cond_cache.clear()  # the embeddings changed: cached encodings may be stale
+    if state.embeddings is not None:
+        state.embeddings.refresh(pipe.text_encoder.config.hidden_size)
     options = prompt_encoder.EncoderOptions(clip_skip=setup.clip_skip, emphasis=str(opts["emphasis"]),
                                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
     encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, state.embeddings, options)
     steps = setup.params.steps * (2 if setup.sampler.second_order else 1)  # A1111 counts denoiser calls
-    key = (options, model.text_encoder_state)
+    # Cached encodings are valid for these options, text-encoder weights (LoRAs) and embeddings.
+    key = (options, model.text_encoder_state, state.embeddings.revision if state.embeddings is not None else 0)
     old = bool(opts["use_old_scheduling"])
     multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, model.cond_cache, key, old)
     uncond = conditioning.learned_conditioning(encoder, negatives, steps, model.cond_cache, key, old)

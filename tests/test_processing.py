@@ -242,3 +242,28 @@ def test_skip_moves_on_to_the_next_batch(state) -> None:
     assert len(result.images) == 3  # grid + both batches: skip only cut the first one short
     second_alone = process(state, GenerationParams(**{**BASE, "steps": 30, "seed": 1235}))
     assert np.array_equal(pixels(result.images[2]), pixels(second_alone.images[0]))
+
+
+@pytest.mark.parametrize("refresh", ["by the generation", "before it (refresh button, trainer)"])
+def test_an_embedding_changed_on_disk_is_used_by_the_next_job(state, refresh: str) -> None:
+    """Encoded prompts are cached per model; a changed embedding file must not be served from that cache, however
+    the database learned of the change: at the next job's own rescan, or earlier (the Extra Networks refresh
+    button, /sdapi/v1/refresh-embeddings, a finished embedding training), which leaves that rescan nothing new."""
+    import os
+
+    width = state.models.current.pipe.text_encoder.config.hidden_size
+    path = state.paths.embeddings_dir / "swapme.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    params = GenerationParams(prompt="a swapme house", steps=3, width=64, height=64, seed=9, save_images=False)
+    images = []
+    for seed in (1, 2):
+        torch.save({"string_to_param": {"*": torch.randn(2, width, generator=torch.Generator().manual_seed(seed))}},
+                   path)
+        os.utime(path, ns=(seed * 10**9, seed * 10**9))  # a distinct mtime even on a coarse clock
+        if refresh != "by the generation":
+            assert state.embeddings.refresh(width)
+        images.append(pixels(process(state, params).images[0]))
+    state.models.current.cond_cache.clear()
+    fresh = pixels(process(state, params).images[0])
+    assert np.array_equal(images[1], fresh)
+    assert not np.array_equal(images[0], images[1])

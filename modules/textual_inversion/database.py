@@ -88,6 +88,9 @@ class EmbeddingDatabase:
         self._parsed: dict[Path, tuple[_Stamp, EmbeddingData | None | str]] = {}
         self._index: tuple[object, TokenIndex] | None = None
         self._shown: tuple | None = None
+        #: Bumped at every rebuild: what was encoded with the embeddings (cached conditioning) keys on it, so it does
+        #: not matter who triggered the rebuild (a job, the refresh button, a finished training run).
+        self.revision = 0
 
     # --- loading ----------------------------------------------------------------------------------------------
 
@@ -108,6 +111,7 @@ class EmbeddingDatabase:
             self.loaded = dict(sorted(loaded.items(), key=lambda item: item[0].lower()))
             self.skipped, self.errors = skipped, errors
             self.expected_width, self._signature, self._index = expected_width, signature, None
+            self.revision += 1
             self._report()
             return True
 
