@@ -113,6 +113,42 @@ def test_training_errors_are_reported_in_info_and_bad_names_refused(server: Serv
     assert unknown.status_code == 422 and "colour" in unknown.json()["detail"]
 
 
+def test_previews_follow_a1111s_preview_keys(server: Server) -> None:
+    """A1111 clients send every ``preview_*`` key; with ``preview_from_txt2img`` they make the preview (its PNG
+    carries them in the infotext), without it the batch's first prompt at 20 steps is used; impossible values are
+    refused before any step, in ``info``."""
+    from PIL import Image
+
+    from modules import infotext
+
+    requests.post(server.api("create/embedding"), json={"name": "apiprev", "num_vectors_per_token": 1})
+    preview = {"preview_from_txt2img": True, "preview_prompt": "an apiprev cat", "preview_negative_prompt": "dog",
+               "preview_steps": 3, "preview_sampler_name": "Euler", "preview_cfg_scale": 4.5, "preview_seed": 77,
+               "preview_width": 64, "preview_height": 72, "create_image_every": 2, "steps": 2}
+    for from_txt2img in (True, False):
+        r = requests.post(server.api("train/embedding"), json=train_body(
+            server, embedding_name="apiprev", **{**preview, "preview_from_txt2img": from_txt2img,
+                                                 "steps": preview["steps"] + (0 if from_txt2img else 2)}))
+        assert r.json()["info"].endswith("error: None"), r.json()
+        step = 2 if from_txt2img else 4
+        [png] = (server.data / "textual_inversion").rglob(f"images/apiprev-{step}.png")
+        with Image.open(png) as image:
+            size, fields = image.size, infotext.parse(infotext.read_from_image(image))
+        if from_txt2img:
+            assert size == (64, 72)
+            assert (fields["Prompt"], fields["Negative prompt"], fields["Steps"], fields["Sampler"], fields["Seed"]) \
+                == ("an apiprev cat", "dog", "3", "Euler", "77")
+            assert float(fields["CFG scale"]) == 4.5
+        else:
+            assert size == (64, 64) and fields["Steps"] == "20" and fields["Sampler"] == "DPM++ 2M"
+            assert "apiprev" in fields["Prompt"] and "cat" not in fields["Prompt"]
+    bad = requests.post(server.api("train/embedding"), json=train_body(
+        server, embedding_name="apiprev", **{**preview, "steps": 10, "preview_sampler_name": "Nope"}))
+    assert "error: previews cannot be made with the txt2img parameters" in bad.json()["info"]
+    assert "Nope" in bad.json()["info"]
+    assert torch.load(server.data / "embeddings" / "apiprev.pt", weights_only=True)["step"] == 4
+
+
 def test_train_tab_has_a1111_sub_tabs_and_fields(make_state) -> None:
     from modules.ui import txt2img
 
@@ -136,3 +172,35 @@ def test_train_tab_has_a1111_sub_tabs_and_fields(make_state) -> None:
     assert elem_ids["train_initialization_text"]["value"] == "*"
     api_names = {d.get("api_name") for d in config["dependencies"]}
     assert {"create_embedding", "create_hypernetwork", "train_embedding", "train_hypernetwork", "train_lora"} <= api_names
+    # "Read parameters (prompt, etc...) from txt2img tab when making previews": the training buttons read the
+    # txt2img tab's controls.
+    checkbox = elem_ids["train_preview_from_txt2img"]
+    assert checkbox["label"].startswith("Read parameters (prompt, etc...) from txt2img tab") and checkbox["value"] is False
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    txt2img_controls = {ids[name] for name in ("txt2img_prompt", "txt2img_neg_prompt", "txt2img_steps",
+                                                "txt2img_sampling", "txt2img_scheduler", "txt2img_cfg_scale",
+                                                "txt2img_seed", "txt2img_width", "txt2img_height")}
+    for name in ("train_embedding", "train_hypernetwork", "train_lora"):
+        [dependency] = [d for d in config["dependencies"] if d.get("api_name") == name]
+        assert txt2img_controls <= set(dependency["inputs"]), name
+        checkboxes = {c["id"] for c in config["components"]
+                      if c["props"].get("elem_id") == "train_preview_from_txt2img"}  # one per training sub-tab
+        assert len(checkboxes & set(dependency["inputs"])) == 1, name
+
+
+def test_train_tab_passes_the_txt2img_values_to_the_right_preview_fields() -> None:
+    """The training buttons' inputs end with the txt2img controls named by ``PREVIEW_PARAMS``; each lands in its
+    own ``preview_*`` setting."""
+    from modules.ui import train
+
+    common = ["disabled", "0.1", 1, 1, "/data", "textual_inversion", "style_filewords.txt", 64, 64, False, 10, 5, 5,
+              False, True, False, 0.0, "once"]
+    txt2img = {"prompt": "a cat", "negative": "a dog", "steps": 7, "sampler": "Euler a", "schedule": "Uniform",
+               "cfg_scale": 4.5, "seed": 1234, "width": 96, "height": 72}
+    assert set(txt2img) == set(train.PREVIEW_PARAMS)
+    s = train._settings("0.01", (*common, *(txt2img[name] for name in train.PREVIEW_PARAMS)))
+    assert s.preview_from_txt2img is True and s.create_image_every == 5 and s.width == 64
+    assert (s.preview_prompt, s.preview_negative_prompt, s.preview_steps, s.preview_sampler_name, s.preview_scheduler,
+            s.preview_cfg_scale, s.preview_seed, s.preview_width, s.preview_height) == (
+        "a cat", "a dog", 7, "Euler a", "Uniform", 4.5, 1234, 96, 72)
+    assert s.preview_params("ignored").prompt == "a cat"

@@ -176,6 +176,84 @@ def test_train_embedding_lowers_loss_and_loads(state, tmp_path: Path) -> None:
     assert [line.split(",")[0] for line in csv_text.splitlines()[1:]] == ["8", "16", "24"]
 
 
+def test_preview_from_txt2img_is_the_txt2img_image_of_the_embedding_copy(state, tmp_path: Path) -> None:
+    """"Read parameters from txt2img tab": a preview is the image txt2img makes with the same parameters and the
+    embedding as the copy saved at the same step (A1111 saves both at ``steps_done = step + 1``), through the
+    independent path (prompt parser, embedding database, ``processing.process``); its infotext names the same
+    parameters."""
+    import shutil
+
+    from modules import infotext
+    from modules.processing import process
+    from modules.processing_params import GenerationParams
+
+    data = red_dataset(tmp_path / "red")
+    embedding_trainer.create_embedding(state, "prevemb", 2, init_text="blue")
+    txt2img = dict(prompt="a prevemb scene, red", negative_prompt="blurry, green", steps=5, sampler_name="Euler a",
+                   scheduler="Automatic", cfg_scale=6.5, seed=4242, width=64, height=80)
+    result = embedding_trainer.train_embedding(state, "prevemb", settings(
+        data, learn_rate="0.2", steps=8, create_image_every=6, save_every=6, preview_from_txt2img=True,
+        **{f"preview_{k}": v for k, v in txt2img.items()}))
+    preview = result.log_directory / "images" / "prevemb-6.png"
+    assert preview in result.saved
+    made = {}
+    for label, source in (("final", None), ("copy", result.log_directory / "embeddings" / "prevemb-6.pt")):
+        if source is not None:
+            shutil.copyfile(source, result.final_path)
+        state.embeddings.refresh(state.models.current.pipe.text_encoder.config.hidden_size, force=True)
+        processed = process(state, GenerationParams(**txt2img, save_images=False))
+        made[label] = (np.asarray(processed.images[processed.index_of_first_image]), processed.infotexts[0])
+    with Image.open(preview) as image:
+        assert image.size == (64, 80)
+        pixels = np.asarray(image.convert("RGB"))
+        text = infotext.read_from_image(image)
+    assert np.array_equal(pixels, made["copy"][0])
+    assert not np.array_equal(pixels, made["final"][0])  # two more steps change the picture: the copy is the match
+    ours, theirs = infotext.parse(text), infotext.parse(made["copy"][1])
+    assert ours["Prompt"] == "a prevemb scene, red" and ours["Negative prompt"] == "blurry, green"
+    for key in ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2", "Model hash", "Model"):
+        assert ours[key] == theirs[key], key
+
+
+def test_default_preview_is_a1111s_first_prompt_at_20_steps_and_the_training_size(state, tmp_path: Path) -> None:
+    """Without "Read parameters from txt2img": the batch's first prompt, 20 steps, DPM++ 2M (Karras), CFG 7, a
+    random seed, the training size — whatever the preview_* fields say."""
+    from modules import infotext
+
+    data = red_dataset(tmp_path / "red")
+    hypernetwork_trainer.create_hypernetwork(state, "prevhn", ["32"])
+    result = hypernetwork_trainer.train_hypernetwork(state, "prevhn", settings(
+        data, steps=2, create_image_every=2, preview_prompt="ignored", preview_steps=3, preview_width=128))
+    with Image.open(result.log_directory / "images" / "prevhn-2.png") as image:
+        assert image.size == (SIZE, SIZE)
+        fields = infotext.parse(infotext.read_from_image(image))
+    assert "prevhn" in fields["Prompt"] and "red scene, tinted" in fields["Prompt"]  # a line of the template
+    assert (fields["Steps"], fields["Sampler"], fields["Schedule type"], fields["Size-1"], fields["Size-2"]) == (
+        "20", "DPM++ 2M", "Karras", str(SIZE), str(SIZE))
+    assert float(fields["CFG scale"]) == 7.0 and int(fields["Seed"]) >= 0
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    (dict(preview_width=100), "width must be a multiple of 8"),
+    (dict(preview_sampler_name="No Such Sampler"), "No Such Sampler"),
+    (dict(preview_steps=0), "steps"),
+])
+def test_impossible_preview_parameters_fail_before_training(state, tmp_path: Path, changes, message) -> None:
+    data = red_dataset(tmp_path / "red")
+    embedding_trainer.create_embedding(state, "badprev", 1)
+    path = state.paths.embeddings_dir / "badprev.pt"
+    before = path.read_bytes()
+    with pytest.raises(runner.TrainingError, match="previews cannot be made with the txt2img parameters") as error:
+        embedding_trainer.train_embedding(state, "badprev", settings(
+            data, create_image_every=1, preview_from_txt2img=True, **{"preview_width": 64, "preview_height": 64,
+                                                                       **changes}))
+    assert message in str(error.value)
+    assert path.read_bytes() == before
+    # The same values are not used (and not checked) without previews, or without "from txt2img".
+    embedding_trainer.train_embedding(state, "badprev", settings(data, steps=1, preview_from_txt2img=True, **changes))
+    embedding_trainer.train_embedding(state, "badprev", settings(data, steps=2, create_image_every=0, **changes))
+
+
 def test_train_lora_writes_kohya_file_read_by_our_loader_and_diffusers(state, tmp_path: Path,
                                                                        tiny_checkpoint: Path) -> None:
     data = red_dataset(tmp_path / "red")

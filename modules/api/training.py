@@ -32,14 +32,13 @@ logger = logging.getLogger(__name__)
 _SETTING_KEYS = {"training_width": "width", "training_height": "height", "template_filename": "template_file",
                  "save_embedding_every": "save_every", "save_hypernetwork_every": "save_every"}
 _SETTING_FIELDS = set(TrainSettings.__dataclass_fields__)
-#: A1111 keys accepted and not used (previews always use the first training prompt unless preview_prompt is set).
-_IGNORED_KEYS = {"id_task", "save_image_with_stored_embedding", "preview_from_txt2img", "preview_negative_prompt",
-                 "preview_sampler_name", "preview_sampler_index", "preview_width", "preview_height",
-                 "preview_scheduler"}
+#: A1111 keys accepted and not used (``preview_sampler_index``: the index form of older versions; the name is used).
+_IGNORED_KEYS = {"id_task", "save_image_with_stored_embedding", "preview_sampler_index"}
 _INTS = {"batch_size", "gradient_step", "width", "height", "steps", "create_image_every", "save_every",
-         "preview_steps", "preview_seed"}
+         "preview_steps", "preview_seed", "preview_width", "preview_height"}
 _FLOATS = {"tag_drop_out", "preview_cfg_scale"}
-_BOOLS = {"varsize", "shuffle_tags", "use_weight"}
+_BOOLS = {"varsize", "shuffle_tags", "use_weight", "preview_from_txt2img"}
+_TEXTS = {"preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_scheduler"}
 _CREATE_EMBEDDING_KEYS = {"name", "num_vectors_per_token", "overwrite_old", "init_text"}
 _CREATE_HYPERNETWORK_KEYS = {"name", "enable_sizes", "overwrite_old", "layer_structure", "activation_func",
                              "weight_init", "add_layer_norm", "use_dropout", "dropout_structure"}
@@ -70,7 +69,7 @@ def settings_from_request(state: AppState, args: dict[str, Any], name_key: str) 
         resolve.output_folder(state, "log_directory", values["log_directory"])
     if "learn_rate" not in values or "data_root" not in values:
         raise NameRefusedError("learn_rate and data_root are required")
-    for keys, kind in ((_INTS, int), (_FLOATS, float), (_BOOLS, bool)):
+    for keys, kind in ((_INTS, int), (_FLOATS, float), (_BOOLS, bool), (_TEXTS, str)):
         for key in keys & set(values):
             try:
                 values[key] = kind(values[key])

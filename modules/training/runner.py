@@ -12,7 +12,9 @@ prompts are encoded, how it is written to disk — and :func:`train` does the re
   size, gradient accumulation, max steps; a resumed file continues from its ``step``, with the optimizer state of
   ``<file>.optim`` when that file's hash matches;
 * every N steps a copy (``<log>/<YYYY-MM-DD>/<name>/<kind>/<name>-<steps_done><suffix>``, with its ``.optim``) and
-  a preview image (``.../images/<name>-<steps_done>.png``), A1111's ``steps_done = step + 1`` cadence; a loss CSV;
+  a preview image (``.../images/<name>-<steps_done>.png``), A1111's ``steps_done = step + 1`` cadence; a loss CSV.
+  A preview is a txt2img image (sampler, seed, CFG, infotext) of :meth:`TrainSettings.preview_params`, conditioned
+  by the trainable as it is at that step;
 * progress (step, loss, ETA) in the shared :class:`~modules.state.JobState` that ``/sdapi/v1/progress`` and the UI
   read, and in the log; an interrupt stops after the current step and the final file is still written;
 * every file is written to a temporary name and moved into place, so an interrupted run never leaves a half file.
@@ -37,6 +39,7 @@ from typing import Protocol
 
 import torch
 
+from modules.processing_params import GenerationParams, ParamsError
 from modules.training.dataset import Batch, DatasetOptions, TrainingDataset, read_template
 from modules.training.schedule import LearnRateScheduler
 
@@ -98,10 +101,19 @@ class TrainSettings:
     use_weight: bool = False
     create_image_every: int = 500
     save_every: int = 500
-    preview_prompt: str = ""  # empty: the first prompt of the batch (A1111 without "read parameters from txt2img")
+    # Previews (A1111): with preview_from_txt2img ("Read parameters (prompt, etc...) from txt2img tab when making
+    # previews") the preview_* fields, which the UI fills from the txt2img tab; without it, the batch's first prompt
+    # at 20 steps and the training size, with txt2img's defaults (DPM++ 2M, Automatic schedule, CFG 7, random seed).
+    preview_from_txt2img: bool = False
+    preview_prompt: str = ""
+    preview_negative_prompt: str = ""
     preview_steps: int = 20
+    preview_sampler_name: str = "DPM++ 2M"
+    preview_scheduler: str = "Automatic"
     preview_cfg_scale: float = 7.0
     preview_seed: int = -1
+    preview_width: int = 512
+    preview_height: int = 512
     write_csv_every: int = 500
     save_optimizer_state: bool = True
     seed: int | None = None  # fixes the data order, noise and timesteps (A1111 has none)
@@ -116,6 +128,23 @@ class TrainSettings:
                                   ("save a copy every N steps", self.save_every, 0)):
             if int(value) < low:
                 raise TrainingError(f"{label} must be at least {low}; got {value}")
+        if self.create_image_every:
+            try:
+                self.preview_params("").validate()
+            except ParamsError as e:
+                source = "the txt2img parameters" if self.preview_from_txt2img else "the training size"
+                raise TrainingError(f"previews cannot be made with {source}: {e}") from None
+
+    def preview_params(self, first_prompt: str) -> GenerationParams:
+        """The txt2img job a preview is (A1111 makes it with extra networks disabled: the trainer's own
+        conditioning carries what is being trained); ``first_prompt``: the current batch's first prompt."""
+        if self.preview_from_txt2img:
+            return GenerationParams(
+                prompt=self.preview_prompt, negative_prompt=self.preview_negative_prompt, steps=self.preview_steps,
+                sampler_name=self.preview_sampler_name, scheduler=self.preview_scheduler,
+                cfg_scale=self.preview_cfg_scale, seed=self.preview_seed, width=self.preview_width,
+                height=self.preview_height, save_images=False)
+        return GenerationParams(prompt=first_prompt, width=self.width, height=self.height, save_images=False)
 
 
 @dataclass
@@ -408,7 +437,7 @@ class _Loop:
             self._write_csv(epoch, epoch_step)
         if s.create_image_every and steps_done % s.create_image_every == 0:
             t.set_training(False)
-            result.saved.append(self._preview(model, s.preview_prompt or first_prompt, steps_done))
+            result.saved.append(self._preview(model, s.preview_params(first_prompt), steps_done))
         t.set_training(True)
         if self.on_step is not None:
             self.on_step(t.step, loss)
@@ -425,17 +454,29 @@ class _Loop:
             writer.writerow([self.t.step, epoch, epoch_step + 1, f"{mean:.7f}", self.scheduler.learn_rate])
         self.csv_losses.clear()
 
-    def _preview(self, model, prompt: str, steps_done: int) -> Path:
-        """A preview image with the trainable active: the training size, ``preview_steps`` steps, CFG."""
-        pipe, s = model.pipe, self.s
+    def _preview(self, model, params: GenerationParams, steps_done: int) -> Path:
+        """A preview with the trainable active, made as txt2img makes an image (sampler, schedule, seed, CFG,
+        decode) from the trainer's conditioning; saved with its infotext, as A1111 saves it."""
+        from modules import infotext, processing, rng, sampling, samplers
+
+        pipe, opts = model.pipe, self.state.opts.snapshot()
+        sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
+        setup = processing.JobSetup(params, model, sampler, schedule, clip_skip=int(opts["CLIP_stop_at_last_layers"]),
+                                    ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+        seed = rng.fix_seed(params.seed)
         with torch.no_grad():
-            cond = self.t.conditioning(self.encode, [prompt])
-            uncond = self.encode([""], None)
-            length = max(cond.shape[1], uncond.shape[1])
-            cond, uncond = (torch.cat([x, x[:, -1:].expand(1, length - x.shape[1], -1)], 1) for x in (cond, uncond))
-            seed = s.preview_seed if s.preview_seed >= 0 else random.getrandbits(31)
-            image = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=s.preview_steps,
-                         guidance_scale=s.preview_cfg_scale, width=s.width, height=s.height,
-                         generator=torch.Generator().manual_seed(seed), output_type="pil").images[0]
+            cond = self.t.conditioning(self.encode, [params.prompt])
+            uncond = self.t.conditioning(self.encode, [params.negative_prompt])
+            shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+            device = next(pipe.unet.parameters()).device  # where the training steps run
+            noise, generators = rng.initial_noise(shape, [seed], [seed], 0.0, device, str(opts["randn_source"]),
+                                                  setup.ensd)
+            run = samplers.create_run(sampler, schedule, pipe.scheduler.config, [seed], generators)
+            guidance = sampling.Guidance.fixed(cond, uncond, float(params.cfg_scale))
+            latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps)
+            vae_device = next(pipe.vae.parameters()).device
+            image = sampling.decode(pipe.vae, latents.to(vae_device)).images[0]
+        text = processing.create_infotext(setup, {}, params.prompt, params.negative_prompt, seed, seed)
         path = self.log_dir / "images" / f"{self.t.name}-{steps_done}.png"
-        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+        pnginfo = infotext.add_to_png(text) if opts["enable_pnginfo"] else None
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=pnginfo))

@@ -68,8 +68,14 @@ def describe(result: object) -> str:
     return f"Created: {result}"
 
 
-def create_tab(state: AppState) -> None:
-    """Build the Train tab's content inside the current ``gr.Tab``."""
+#: The txt2img controls a preview reads with "Read parameters ... from txt2img tab" (A1111's txt2img_preview_params
+#: plus the schedule), in the order :func:`_settings` takes them.
+PREVIEW_PARAMS = ("prompt", "negative", "steps", "sampler", "schedule", "cfg_scale", "seed", "width", "height")
+
+
+def create_tab(state: AppState, txt2img: list[gr.components.Component]) -> None:
+    """Build the Train tab's content inside the current ``gr.Tab``; ``txt2img``: the txt2img tab's controls named
+    by :data:`PREVIEW_PARAMS`, in that order."""
     with gr.Tabs(elem_id="train_tabs"):
         with gr.Tab("Create embedding", id="create_embedding"):
             _create_embedding_tab(state)
@@ -78,9 +84,9 @@ def create_tab(state: AppState) -> None:
         with gr.Tab("Preprocess images", id="preprocess_images"):
             _preprocess_tab(state)
         with gr.Tab("Train", id="train"):
-            _train_tab(state)
+            _train_tab(state, txt2img)
         with gr.Tab("Train LoRA", id="train_lora"):
-            _train_lora_tab(state)
+            _train_lora_tab(state, txt2img)
 
 
 def _outputs() -> tuple[gr.HTML, gr.Textbox]:
@@ -178,6 +184,8 @@ def _common_settings() -> list[gr.components.Component]:
         save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
                                value=500, precision=0, elem_id="train_save_embedding_every")
     use_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False, elem_id="use_weight")
+    from_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
+                               value=False, elem_id="train_preview_from_txt2img")
     shuffle = gr.Checkbox(label="Shuffle tags by ',' when creating prompts.", value=False,
                           elem_id="train_shuffle_tags")
     drop = gr.Slider(0, 1, value=0, step=0.1, label="Drop out tags when creating prompts.",
@@ -185,22 +193,27 @@ def _common_settings() -> list[gr.components.Component]:
     latent = gr.Radio(label="Choose latent sampling method", value="once", choices=list(LATENT_SAMPLING_METHODS),
                       elem_id="train_latent_sampling_method")
     return [clip_mode, clip_value, batch, grad_step, data_root, log_dir, template, width, height, varsize, steps,
-            image_every, save_every, use_weight, shuffle, drop, latent]
+            image_every, save_every, use_weight, from_txt2img, shuffle, drop, latent]
 
 
 def _settings(learn_rate: str, values: tuple) -> runner.TrainSettings:
+    """:class:`runner.TrainSettings` from the :func:`_common_settings` values followed by the txt2img ones."""
     (clip_mode, clip_value, batch, grad_step, data_root, log_dir, template, width, height, varsize, steps,
-     image_every, save_every, use_weight, shuffle, drop, latent) = values
+     image_every, save_every, use_weight, from_txt2img, shuffle, drop, latent,
+     prompt, negative, p_steps, sampler, schedule, cfg_scale, seed, p_width, p_height) = values
     return runner.TrainSettings(
         learn_rate=str(learn_rate), data_root=str(data_root or ""), batch_size=int(batch), gradient_step=int(grad_step),
         log_directory=str(log_dir or "textual_inversion"), template_file=str(template), width=int(width),
         height=int(height), varsize=bool(varsize), steps=int(steps), clip_grad_mode=str(clip_mode),
         clip_grad_value=str(clip_value), shuffle_tags=bool(shuffle), tag_drop_out=float(drop),
         latent_sampling_method=str(latent), use_weight=bool(use_weight), create_image_every=int(image_every),
-        save_every=int(save_every))
+        save_every=int(save_every), preview_from_txt2img=bool(from_txt2img), preview_prompt=str(prompt or ""),
+        preview_negative_prompt=str(negative or ""), preview_steps=int(p_steps), preview_sampler_name=str(sampler),
+        preview_scheduler=str(schedule), preview_cfg_scale=float(cfg_scale), preview_seed=int(seed),
+        preview_width=int(p_width), preview_height=int(p_height))
 
 
-def _train_tab(state: AppState) -> None:
+def _train_tab(state: AppState, txt2img: list[gr.components.Component]) -> None:
     with gr.Row():
         embedding = gr.Dropdown(label="Embedding", choices=_embedding_names(state), elem_id="train_embedding")
         hypernetwork = gr.Dropdown(label="Hypernetwork", choices=_hypernetwork_names(state),
@@ -232,15 +245,15 @@ def _train_tab(state: AppState) -> None:
             library.refresh()
         return gr.update(choices=_embedding_names(state)), gr.update(choices=_hypernetwork_names(state))
 
-    train_emb.click(train_embedding, inputs=[embedding, embedding_lr, *common], outputs=[html, out],
+    train_emb.click(train_embedding, inputs=[embedding, embedding_lr, *common, *txt2img], outputs=[html, out],
                     api_name="train_embedding")
-    train_hn.click(train_hypernetwork, inputs=[hypernetwork, hypernetwork_lr, *common], outputs=[html, out],
-                   api_name="train_hypernetwork")
+    train_hn.click(train_hypernetwork, inputs=[hypernetwork, hypernetwork_lr, *common, *txt2img],
+                   outputs=[html, out], api_name="train_hypernetwork")
     refresh.click(refresh_lists, outputs=[embedding, hypernetwork], api_visibility="private")
     interrupt.click(lambda: state.job.interrupt(), queue=False, api_visibility="private")
 
 
-def _train_lora_tab(state: AppState) -> None:
+def _train_lora_tab(state: AppState, txt2img: list[gr.components.Component]) -> None:
     name = gr.Textbox(label="Name", elem_id="train_lora_name")
     with gr.Row():
         rank = gr.Number(label="Network rank (dim)", value=4, precision=0, elem_id="train_lora_rank")
@@ -264,6 +277,6 @@ def _train_lora_tab(state: AppState) -> None:
                                            epochs=int(e or 0), overwrite=bool(over), resume=bool(res))
         yield from run_job(state, lora_trainer.train_lora, state, n or "", _settings(lr, values), options)
 
-    button.click(train, inputs=[name, rank, alpha, epochs, unet_lr, te_lr, overwrite, resume, *common],
+    button.click(train, inputs=[name, rank, alpha, epochs, unet_lr, te_lr, overwrite, resume, *common, *txt2img],
                  outputs=[html, out], api_name="train_lora")
     interrupt.click(lambda: state.job.interrupt(), queue=False, api_visibility="private")

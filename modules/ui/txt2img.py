@@ -72,7 +72,7 @@ def create_ui(state: AppState) -> gr.Blocks:
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 parameters, send = png_info.create_tab(state)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
-                train.create_tab(state)
+                train.create_tab(state, [getattr(controls, name) for name in train.PREVIEW_PARAMS])
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 setting_controls, submit, _ = settings.create_tab(state)
 
