@@ -110,6 +110,18 @@ class OffloadManager:
             self.parked[component].load()
         yield
 
+    @contextmanager
+    def use_all(self) -> Iterator[None]:
+        """Every parked part on the device for the block, parked again after it. For training, whose every step
+        uses all three parts (and sends gradients from the UNet back through the text encoder); the VRAM it takes
+        is then normal mode's."""
+        for parked in self.parked.values():
+            parked.load()
+        try:
+            yield
+        finally:
+            self.release()
+
     def release(self) -> None:
         """Every parked part back to its masters (call before patching weights and after each batch)."""
         if self.device.type == "cuda":  # no transfer may still be reading a master the patcher is about to write

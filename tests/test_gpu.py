@@ -286,3 +286,27 @@ def test_patching_cpu_masters_computes_on_the_gpu() -> None:
         assert torch.allclose(value.float(), expected[name].float(), atol=2e-3), name
     patcher.restore_all()
     assert all(torch.equal(v, original[k]) for k, v in module.state_dict().items())
+
+
+def test_medvram_training_runs_on_the_gpu_and_parks_the_model_after(make_state, tmp_path) -> None:
+    """Training under --medvram: every part computes on CUDA during the run (not on the CPU masters), and
+    afterwards every parameter is back on its CPU master."""
+    from test_training_trainers import red_dataset, settings
+
+    from modules.training import embedding_trainer
+
+    state = _mode_state(make_state, "medvram")
+    pipe = state.models.current.pipe
+    seen: dict[str, set[str]] = {"text_encoder": set(), "unet": set(), "vae.encoder": set()}
+    modules = {"text_encoder": pipe.text_encoder, "unet": pipe.unet, "vae.encoder": pipe.vae.encoder}
+    handles = [module.register_forward_pre_hook(
+        lambda m, a, name=name: seen[name].add(next(m.parameters()).device.type)) for name, module in modules.items()]
+    try:
+        embedding_trainer.create_embedding(state, "gpuemb", 1)
+        embedding_trainer.train_embedding(state, "gpuemb", settings(red_dataset(tmp_path / "red"), steps=2,
+                                                                    create_image_every=2))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {name: {"cuda"} for name in seen}, seen
+    assert all(p.device.type == "cpu" for module in modules.values() for p in module.parameters())

@@ -361,6 +361,40 @@ def test_lowvram_training_is_refused(make_state, tmp_path: Path) -> None:
         embedding_trainer.train_embedding(state, "low", settings(red_dataset(tmp_path / "r")))
 
 
+@pytest.mark.parametrize("trainer", ["embedding", "lora"])
+def test_medvram_training_runs_every_part_on_the_device(make_state, tmp_path: Path, trainer: str) -> None:
+    """--medvram parks the parts in CPU memory between uses; a training run uses all three at every step (text
+    encoder for the prompts, UNet, VAE for the dataset and previews), so the run keeps them on the device — not on
+    the CPU, where the parked masters are — and parks them again after it. (On this CPU-only machine the "device"
+    is CPU memory too: the manager's own bookkeeping says where each part is, as in tests/test_memory_modes.py.)"""
+    from test_memory_modes import state_with
+
+    state = state_with(make_state, memory_mode="medvram")
+    model = state.models.current
+    seen: dict[str, set[str]] = {"text_encoder": set(), "unet": set(), "vae": set()}
+    handles = [getattr(model.pipe, name).register_forward_pre_hook(
+        lambda module, args, name=name: seen[name].add(model.offload.residency()[name])) for name in seen]
+    handles += [model.pipe.vae.encoder.register_forward_pre_hook(lambda m, a: seen["vae"].add(
+        model.offload.residency()["vae"])), model.pipe.vae.decoder.register_forward_pre_hook(
+        lambda m, a: seen["vae"].add(model.offload.residency()["vae"]))]
+    original = weights(state)
+    data = red_dataset(tmp_path / "red")
+    try:
+        if trainer == "embedding":
+            embedding_trainer.create_embedding(state, "medemb", 1)
+            embedding_trainer.train_embedding(state, "medemb", settings(data, steps=2, create_image_every=2))
+        else:
+            lora_trainer.train_lora(state, "medlora", settings(data, learn_rate="0.001", steps=2,
+                                                               create_image_every=2),
+                                    lora_trainer.LoraOptions(rank=2, alpha=1, text_encoder_lr=0.001))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert seen == {"text_encoder": {"device"}, "unet": {"device"}, "vae": {"device"}}, seen
+    assert model.offload.residency() == {"text_encoder": "cpu", "unet": "cpu", "vae": "cpu"}
+    assert all(torch.equal(v, original[k]) for k, v in weights(state).items()), "base weights changed"
+
+
 # --- dataset and preprocessing --------------------------------------------------------------------------------------
 
 def test_captions_templates_and_tags(state, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ prompts are encoded, how it is written to disk — and :func:`train` does the re
 
 * refuses ``--lowvram`` (as A1111), puts the model's weights back to the checkpoint's own (``restore_all`` on its
   weight patchers), freezes them, and afterwards gives back every ``requires_grad`` flag: the base weights are never
-  written, so they are bit-identical after the job;
+  written, so they are bit-identical after the job; under ``--medvram`` the run keeps the whole model on the device
+  (every step uses all of it) and parks it again afterwards;
 * dataset from the folder and the prompt template (:mod:`modules.training.dataset`), noise from the model's own
   schedule (``DDPMScheduler`` from its scheduler config), MSE to the noise (or v), AdamW;
 * learning rate and gradient-clipping value in A1111's schedule syntax (:mod:`modules.training.schedule`), batch
@@ -31,7 +32,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -230,6 +231,11 @@ def frozen_model(model) -> Iterator[None]:
             p.requires_grad_(flag)
 
 
+def _on_device(model) -> AbstractContextManager[None]:
+    """The whole model on the device for the run (--medvram parks it in CPU memory between jobs' stages)."""
+    return model.offload.use_all() if model.offload is not None else nullcontext()
+
+
 def _encoder_for(state, model) -> Callable[[list[str], object | None], torch.Tensor]:
     """``encode(prompts, embeddings)``: A1111 chunking (75 tokens, BREAK, TI vectors) with autograd kept on."""
     from modules.conditioning import stack_padded
@@ -300,7 +306,8 @@ def train(state, trainable: Trainable, settings: TrainSettings, on_step: Callabl
     try:
         # Training runs the UNet uncompiled: with --opt-compile, graphs with gradients and the trained
         # hypernetwork's processors would be compiled for this one job and then never used again.
-        with frozen_model(model), trainable.activate(model), torch.compiler.set_stance("force_eager"):
+        with frozen_model(model), _on_device(model), trainable.activate(model), \
+                torch.compiler.set_stance("force_eager"):
             options = DatasetOptions(
                 data_root=Path(settings.data_root), width=settings.width, height=settings.height,
                 varsize=settings.varsize, template_lines=template, placeholder=trainable.name,
