@@ -174,6 +174,7 @@ def test_train_tab_has_a1111_sub_tabs_and_fields(make_state) -> None:
     assert {"create_embedding", "create_hypernetwork", "train_embedding", "train_hypernetwork", "train_lora"} <= api_names
     # "Read parameters (prompt, etc...) from txt2img tab when making previews": the training buttons read the
     # txt2img tab's controls.
+    assert elem_ids["train_save_image_with_stored_embedding"]["value"] is True
     checkbox = elem_ids["train_preview_from_txt2img"]
     assert checkbox["label"].startswith("Read parameters (prompt, etc...) from txt2img tab") and checkbox["value"] is False
     ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
@@ -194,12 +195,13 @@ def test_train_tab_passes_the_txt2img_values_to_the_right_preview_fields() -> No
     from modules.ui import train
 
     common = ["disabled", "0.1", 1, 1, "/data", "textual_inversion", "style_filewords.txt", 64, 64, False, 10, 5, 5,
-              False, True, False, 0.0, "once"]
+              False, False, True, False, 0.0, "once"]
     txt2img = {"prompt": "a cat", "negative": "a dog", "steps": 7, "sampler": "Euler a", "schedule": "Uniform",
                "cfg_scale": 4.5, "seed": 1234, "width": 96, "height": 72}
     assert set(txt2img) == set(train.PREVIEW_PARAMS)
     s = train._settings("0.01", (*common, *(txt2img[name] for name in train.PREVIEW_PARAMS)))
-    assert s.preview_from_txt2img is True and s.create_image_every == 5 and s.width == 64
+    assert s.preview_from_txt2img is True and s.save_image_with_stored_embedding is False
+    assert s.create_image_every == 5 and s.width == 64
     assert (s.preview_prompt, s.preview_negative_prompt, s.preview_steps, s.preview_sampler_name, s.preview_scheduler,
             s.preview_cfg_scale, s.preview_seed, s.preview_width, s.preview_height) == (
         "a cat", "a dog", 7, "Euler a", "Uniform", 4.5, 1234, 96, 72)

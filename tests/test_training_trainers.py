@@ -215,6 +215,38 @@ def test_preview_from_txt2img_is_the_txt2img_image_of_the_embedding_copy(state, 
         assert ours[key] == theirs[key], key
 
 
+def test_embedding_images_carry_the_copy_they_follow(state, tmp_path: Path) -> None:
+    """"Save images with embedding in PNG chunks": the first preview after each copy is also written to
+    <log>/image_embeddings/, captioned, with that copy inside; the file loads through the embedding reader (text
+    chunk, and pixels alone once the chunk is stripped) as the copy's vectors. Off: no such file."""
+    from modules.textual_inversion import formats, image_embedding
+
+    data = red_dataset(tmp_path / "red")
+    embedding_trainer.create_embedding(state, "cardemb", 2, init_text="blue")
+    result = embedding_trainer.train_embedding(state, "cardemb", settings(
+        data, learn_rate="0.2", steps=6, save_every=2, create_image_every=3))
+    folder = result.log_directory / "image_embeddings"
+    # copies at 2, 4, 6; previews at 3 and 6: the one at 3 carries copy 2, the one at 6 carries copy 6
+    assert sorted(p.name for p in folder.iterdir()) == ["cardemb-3.png", "cardemb-6.png"]
+    for image_step, copy_step in ((3, 2), (6, 6)):
+        card = folder / f"cardemb-{image_step}.png"
+        copy = torch.load(result.log_directory / "embeddings" / f"cardemb-{copy_step}.pt", weights_only=True)
+        loaded = formats.read_embedding_file(card)
+        assert loaded is not None and torch.equal(loaded.vectors, copy["string_to_param"]["*"])
+        assert loaded.step == copy["step"]
+        with Image.open(card) as image:
+            pixels_only = image.convert("RGB")  # no text chunk: the pixel strips alone
+            preview = Image.open(result.log_directory / "images" / f"cardemb-{image_step}.png")
+            assert image.width > preview.width and image.height == preview.height  # strips left and right
+        assert torch.equal(formats.embedding_from_data(image_embedding.extract_pixel_data(pixels_only), "x",
+                                                       "x.png").vectors, copy["string_to_param"]["*"])
+    embedding_trainer.create_embedding(state, "plainemb", 1)
+    plain = embedding_trainer.train_embedding(state, "plainemb", settings(
+        data, steps=2, save_every=1, create_image_every=1, save_image_with_stored_embedding=False))
+    assert (plain.log_directory / "images" / "plainemb-2.png").is_file()
+    assert not (plain.log_directory / "image_embeddings").exists()
+
+
 def test_default_preview_is_a1111s_first_prompt_at_20_steps_and_the_training_size(state, tmp_path: Path) -> None:
     """Without "Read parameters from txt2img": the batch's first prompt, 20 steps, DPM++ 2M (Karras), CFG 7, a
     random seed, the training size — whatever the preview_* fields say."""

@@ -33,11 +33,11 @@ _SETTING_KEYS = {"training_width": "width", "training_height": "height", "templa
                  "save_embedding_every": "save_every", "save_hypernetwork_every": "save_every"}
 _SETTING_FIELDS = set(TrainSettings.__dataclass_fields__)
 #: A1111 keys accepted and not used (``preview_sampler_index``: the index form of older versions; the name is used).
-_IGNORED_KEYS = {"id_task", "save_image_with_stored_embedding", "preview_sampler_index"}
+_IGNORED_KEYS = {"id_task", "preview_sampler_index"}
 _INTS = {"batch_size", "gradient_step", "width", "height", "steps", "create_image_every", "save_every",
          "preview_steps", "preview_seed", "preview_width", "preview_height"}
 _FLOATS = {"tag_drop_out", "preview_cfg_scale"}
-_BOOLS = {"varsize", "shuffle_tags", "use_weight", "preview_from_txt2img"}
+_BOOLS = {"varsize", "shuffle_tags", "use_weight", "preview_from_txt2img", "save_image_with_stored_embedding"}
 _TEXTS = {"preview_prompt", "preview_negative_prompt", "preview_sampler_name", "preview_scheduler"}
 _CREATE_EMBEDDING_KEYS = {"name", "num_vectors_per_token", "overwrite_old", "init_text"}
 _CREATE_HYPERNETWORK_KEYS = {"name", "enable_sizes", "overwrite_old", "layer_structure", "activation_func",

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, PngImagePlugin
+from PIL import Image, ImageDraw, ImageFont, PngImagePlugin
 
 logger = logging.getLogger(__name__)
 
@@ -231,3 +231,37 @@ def save_embedding_png(path: Path, image: Image.Image, data: Mapping, *, text: b
         info.add_text(TEXT_CHUNK, embedding_to_b64(data))
     out = insert_pixel_data(image, data) if pixels else image
     out.save(path, "PNG", pnginfo=info)
+
+
+def caption(image: Image.Image, title: str, left: str, middle: str, right: str) -> Image.Image:
+    """A copy of ``image`` captioned as A1111's training captions its embedding images: ``title`` in large type
+    at the top and a footer line (``left``, ``middle`` centred, ``right`` right-aligned), white on dark bands that
+    fade into the picture, so the card reads at a glance in an image host."""
+    out = image.convert("RGB")
+    width, height = out.size
+    band = max(8, height // 6)
+    shade = Image.new("L", (1, band))
+    shade.putdata([int(200 * (1 - y / band)) for y in range(band)])  # opaque at the edge, clear inside
+    black = Image.new("RGB", (width, band))
+    out.paste(black, (0, 0), shade.resize((width, band)))
+    out.paste(black, (0, height - band), shade.transpose(Image.Transpose.FLIP_TOP_BOTTOM).resize((width, band)))
+    draw = ImageDraw.Draw(out)
+    margin = max(2, width // 64)
+    title_font = _fitted(draw, [title], band * 2 // 3, width - 2 * margin)
+    footer_font = _fitted(draw, [left, middle, right], band // 3, (width - 4 * margin) / 3)
+    draw.text((width // 2, band // 2), title, font=title_font, fill="white", anchor="mm")
+    baseline = height - margin
+    draw.text((margin, baseline), left, font=footer_font, fill="white", anchor="ls")
+    draw.text((width // 2, baseline), middle, font=footer_font, fill="white", anchor="ms")
+    draw.text((width - margin, baseline), right, font=footer_font, fill="white", anchor="rs")
+    return out
+
+
+def _fitted(draw: ImageDraw.ImageDraw, texts: list[str], size: int, room: float) -> ImageFont.ImageFont:
+    """The default font at ``size``, or smaller until each of ``texts`` is at most ``room`` pixels wide."""
+    size = max(6, size)
+    while True:
+        font = ImageFont.load_default(size=size)
+        if size <= 6 or all(draw.textlength(text, font=font) <= room for text in texts):
+            return font
+        size -= 1

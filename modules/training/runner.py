@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Protocol
 
 import torch
+from PIL import Image
 
 from modules.processing_params import GenerationParams, ParamsError
 from modules.training.dataset import Batch, DatasetOptions, TrainingDataset, read_template
@@ -117,6 +118,9 @@ class TrainSettings:
     preview_height: int = 512
     write_csv_every: int = 500
     save_optimizer_state: bool = True
+    # Embeddings (A1111's "Save images with embedding in PNG chunks"): the first preview after each copy is also
+    # written, captioned, with that copy inside, to <log>/image_embeddings/ — one PNG that loads as the embedding.
+    save_image_with_stored_embedding: bool = True
     seed: int | None = None  # fixes the data order, noise and timesteps (A1111 has none)
 
     def validate(self) -> None:
@@ -375,6 +379,7 @@ class _Loop:
         self.log_dir, self.result, self.on_step = log_dir, result, on_step
         self.per_epoch = max(1, len(dataset) // settings.batch_size // settings.gradient_step)
         self.csv_losses: list[float] = []
+        self.to_embed: Path | None = None  # the last copy, until a preview image carries it
         self.start = time.perf_counter()
 
     def run(self, model) -> None:
@@ -439,12 +444,17 @@ class _Loop:
             copy = self.log_dir / t.kind / f"{t.name}-{steps_done}{t.suffix}"
             t.set_training(False)
             _save(t, copy, self.optimizer, s.save_optimizer_state)
+            self.to_embed = copy
             result.saved.append(copy)
         if s.write_csv_every and t.step % s.write_csv_every == 0:
             self._write_csv(epoch, epoch_step)
         if s.create_image_every and steps_done % s.create_image_every == 0:
             t.set_training(False)
-            result.saved.append(self._preview(model, s.preview_params(first_prompt), steps_done))
+            path, image = self._preview(model, s.preview_params(first_prompt), steps_done)
+            result.saved.append(path)
+            if self.to_embed is not None and t.kind == "embeddings" and s.save_image_with_stored_embedding:
+                result.saved.append(self._embedding_image(model, image, self.to_embed, steps_done))
+                self.to_embed = None
         t.set_training(True)
         if self.on_step is not None:
             self.on_step(t.step, loss)
@@ -461,7 +471,7 @@ class _Loop:
             writer.writerow([self.t.step, epoch, epoch_step + 1, f"{mean:.7f}", self.scheduler.learn_rate])
         self.csv_losses.clear()
 
-    def _preview(self, model, params: GenerationParams, steps_done: int) -> Path:
+    def _preview(self, model, params: GenerationParams, steps_done: int) -> tuple[Path, Image.Image]:
         """A preview with the trainable active, made as txt2img makes an image (sampler, schedule, seed, CFG,
         decode) from the trainer's conditioning; saved with its infotext, as A1111 saves it."""
         from modules import infotext, processing, rng, sampling, samplers
@@ -486,4 +496,16 @@ class _Loop:
         text = processing.create_infotext(setup, {}, params.prompt, params.negative_prompt, seed, seed)
         path = self.log_dir / "images" / f"{self.t.name}-{steps_done}.png"
         pnginfo = infotext.add_to_png(text) if opts["enable_pnginfo"] else None
-        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=pnginfo))
+        return atomic_write(path, lambda tmp: image.save(tmp, format="PNG", pnginfo=pnginfo)), image
+
+    def _embedding_image(self, model, image: Image.Image, copy: Path, steps_done: int) -> Path:
+        """``<log>/image_embeddings/<name>-<steps_done>.png``: the preview captioned (``<name>``, the checkpoint,
+        ``{vectors}v {steps}s``) with ``copy``'s content in a text chunk and in the pixels, as A1111 writes it."""
+        from modules.textual_inversion import image_embedding
+
+        data = torch.load(copy, map_location="cpu", weights_only=True)
+        vectors = next(iter(data["string_to_param"].values()))
+        card = image_embedding.caption(image, f"<{data.get('name', self.t.name)}>", str(model.info.model_name),
+                                       f"[{model.info.shorthash}]", f"{vectors.shape[0]}v {steps_done}s")
+        path = self.log_dir / "image_embeddings" / f"{self.t.name}-{steps_done}.png"
+        return atomic_write(path, lambda tmp: image_embedding.save_embedding_png(tmp, card, data))

@@ -184,6 +184,8 @@ def _common_settings() -> list[gr.components.Component]:
         save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
                                value=500, precision=0, elem_id="train_save_embedding_every")
     use_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False, elem_id="use_weight")
+    with_embedding = gr.Checkbox(label="Save images with embedding in PNG chunks", value=True,
+                                 elem_id="train_save_image_with_stored_embedding")
     from_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
                                value=False, elem_id="train_preview_from_txt2img")
     shuffle = gr.Checkbox(label="Shuffle tags by ',' when creating prompts.", value=False,
@@ -193,13 +195,13 @@ def _common_settings() -> list[gr.components.Component]:
     latent = gr.Radio(label="Choose latent sampling method", value="once", choices=list(LATENT_SAMPLING_METHODS),
                       elem_id="train_latent_sampling_method")
     return [clip_mode, clip_value, batch, grad_step, data_root, log_dir, template, width, height, varsize, steps,
-            image_every, save_every, use_weight, from_txt2img, shuffle, drop, latent]
+            image_every, save_every, use_weight, with_embedding, from_txt2img, shuffle, drop, latent]
 
 
 def _settings(learn_rate: str, values: tuple) -> runner.TrainSettings:
     """:class:`runner.TrainSettings` from the :func:`_common_settings` values followed by the txt2img ones."""
     (clip_mode, clip_value, batch, grad_step, data_root, log_dir, template, width, height, varsize, steps,
-     image_every, save_every, use_weight, from_txt2img, shuffle, drop, latent,
+     image_every, save_every, use_weight, with_embedding, from_txt2img, shuffle, drop, latent,
      prompt, negative, p_steps, sampler, schedule, cfg_scale, seed, p_width, p_height) = values
     return runner.TrainSettings(
         learn_rate=str(learn_rate), data_root=str(data_root or ""), batch_size=int(batch), gradient_step=int(grad_step),
@@ -207,7 +209,8 @@ def _settings(learn_rate: str, values: tuple) -> runner.TrainSettings:
         height=int(height), varsize=bool(varsize), steps=int(steps), clip_grad_mode=str(clip_mode),
         clip_grad_value=str(clip_value), shuffle_tags=bool(shuffle), tag_drop_out=float(drop),
         latent_sampling_method=str(latent), use_weight=bool(use_weight), create_image_every=int(image_every),
-        save_every=int(save_every), preview_from_txt2img=bool(from_txt2img), preview_prompt=str(prompt or ""),
+        save_every=int(save_every), save_image_with_stored_embedding=bool(with_embedding),
+        preview_from_txt2img=bool(from_txt2img), preview_prompt=str(prompt or ""),
         preview_negative_prompt=str(negative or ""), preview_steps=int(p_steps), preview_sampler_name=str(sampler),
         preview_scheduler=str(schedule), preview_cfg_scale=float(cfg_scale), preview_seed=int(seed),
         preview_width=int(p_width), preview_height=int(p_height))
