@@ -473,8 +473,9 @@ class _Loop:
 
     def _preview(self, model, params: GenerationParams, steps_done: int) -> tuple[Path, Image.Image]:
         """A preview with the trainable active, made as txt2img makes an image (sampler, schedule, seed, CFG,
-        decode) from the trainer's conditioning; saved with its infotext, as A1111 saves it."""
-        from modules import infotext, processing, rng, sampling, samplers
+        decode) from the trainer's conditioning; saved with its infotext, as A1111 saves it. Extra-network tags in
+        the prompt are removed and not activated (A1111 disables extra networks for previews)."""
+        from modules import extra_networks, infotext, processing, rng, sampling, samplers
 
         pipe, opts = model.pipe, self.state.opts.snapshot()
         sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
@@ -482,7 +483,8 @@ class _Loop:
                                     ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
         seed = rng.fix_seed(params.seed)
         with torch.no_grad():
-            cond = self.t.conditioning(self.encode, [params.prompt])
+            prompt, _ = extra_networks.parse_prompt(params.prompt)  # tags removed, not activated (A1111)
+            cond = self.t.conditioning(self.encode, [prompt])
             uncond = self.t.conditioning(self.encode, [params.negative_prompt])
             shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
             device = next(pipe.unet.parameters()).device  # where the training steps run
