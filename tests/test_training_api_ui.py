@@ -181,12 +181,16 @@ def test_train_tab_has_a1111_sub_tabs_and_fields(make_state) -> None:
     txt2img_controls = {ids[name] for name in ("txt2img_prompt", "txt2img_neg_prompt", "txt2img_steps",
                                                 "txt2img_sampling", "txt2img_scheduler", "txt2img_cfg_scale",
                                                 "txt2img_seed", "txt2img_width", "txt2img_height")}
-    for name in ("train_embedding", "train_hypernetwork", "train_lora"):
+    for name, checkbox in (("train_embedding", "train_preview_from_txt2img"),
+                           ("train_hypernetwork", "train_preview_from_txt2img"),
+                           ("train_lora", "train_lora_preview_from_txt2img")):
         [dependency] = [d for d in config["dependencies"] if d.get("api_name") == name]
         assert txt2img_controls <= set(dependency["inputs"]), name
-        checkboxes = {c["id"] for c in config["components"]
-                      if c["props"].get("elem_id") == "train_preview_from_txt2img"}  # one per training sub-tab
-        assert len(checkboxes & set(dependency["inputs"])) == 1, name
+        assert ids[checkbox] in dependency["inputs"], name
+    # Element ids are unique on the page: the Train LoRA sub-tab's copies of the common fields have their own.
+    all_ids = [c["props"]["elem_id"] for c in config["components"] if c["props"].get("elem_id")]
+    assert len(all_ids) == len(set(all_ids)), sorted({i for i in all_ids if all_ids.count(i) > 1})
+    assert {"use_weight", "train_batch_size", "train_lora_batch_size", "train_lora_use_weight"} <= set(all_ids)
 
 
 def test_train_tab_passes_the_txt2img_values_to_the_right_preview_fields() -> None:

@@ -159,41 +159,47 @@ def _preprocess_tab(state: AppState) -> None:
                  api_visibility="private")
 
 
-def _common_settings() -> list[gr.components.Component]:
-    """The Train sub-tab fields shared by every trainer, in :func:`_settings` order."""
+def _common_settings(prefix: str = "train_") -> list[gr.components.Component]:
+    """The Train sub-tab fields shared by every trainer, in :func:`_settings` order. ``prefix`` replaces ``train_``
+    in their element ids: the Train sub-tab keeps A1111's, the Train LoRA sub-tab gets its own (ids are unique)."""
+
+    def eid(name: str) -> str:
+        return name if prefix == "train_" else prefix + name.removeprefix("train_")
+
     with gr.Row():
         clip_mode = gr.Dropdown(value="disabled", label="Gradient Clipping", choices=list(runner.CLIP_GRAD_MODES),
-                                elem_id="train_clip_grad_mode")
+                                elem_id=eid("train_clip_grad_mode"))
         clip_value = gr.Textbox(placeholder="Gradient clip value", value="0.1", show_label=False,
-                                elem_id="train_clip_grad_value")
+                                elem_id=eid("train_clip_grad_value"))
     with gr.Row():
-        batch = gr.Number(label="Batch size", value=1, precision=0, elem_id="train_batch_size")
-        grad_step = gr.Number(label="Gradient accumulation steps", value=1, precision=0, elem_id="train_gradient_step")
+        batch = gr.Number(label="Batch size", value=1, precision=0, elem_id=eid("train_batch_size"))
+        grad_step = gr.Number(label="Gradient accumulation steps", value=1, precision=0,
+                              elem_id=eid("train_gradient_step"))
     data_root = gr.Textbox(label="Dataset directory", placeholder="Path to directory with input images",
-                           elem_id="train_dataset_directory")
-    log_dir = gr.Textbox(label="Log directory", value="textual_inversion", elem_id="train_log_directory")
+                           elem_id=eid("train_dataset_directory"))
+    log_dir = gr.Textbox(label="Log directory", value="textual_inversion", elem_id=eid("train_log_directory"))
     template = gr.Dropdown(label="Prompt template", choices=runner.list_templates(), value="style_filewords.txt",
-                           elem_id="train_template_file")
-    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="train_training_width")
-    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="train_training_height")
-    varsize = gr.Checkbox(label="Do not resize images", value=False, elem_id="train_varsize")
-    steps = gr.Number(label="Max steps", value=100000, precision=0, elem_id="train_steps")
+                           elem_id=eid("train_template_file"))
+    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=eid("train_training_width"))
+    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=eid("train_training_height"))
+    varsize = gr.Checkbox(label="Do not resize images", value=False, elem_id=eid("train_varsize"))
+    steps = gr.Number(label="Max steps", value=100000, precision=0, elem_id=eid("train_steps"))
     with gr.Row():
         image_every = gr.Number(label="Save an image to log directory every N steps, 0 to disable", value=500,
-                                precision=0, elem_id="train_create_image_every")
+                                precision=0, elem_id=eid("train_create_image_every"))
         save_every = gr.Number(label="Save a copy of embedding to log directory every N steps, 0 to disable",
-                               value=500, precision=0, elem_id="train_save_embedding_every")
-    use_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False, elem_id="use_weight")
+                               value=500, precision=0, elem_id=eid("train_save_embedding_every"))
+    use_weight = gr.Checkbox(label="Use PNG alpha channel as loss weight", value=False, elem_id=eid("use_weight"))
     with_embedding = gr.Checkbox(label="Save images with embedding in PNG chunks", value=True,
-                                 elem_id="train_save_image_with_stored_embedding")
+                                 elem_id=eid("train_save_image_with_stored_embedding"))
     from_txt2img = gr.Checkbox(label="Read parameters (prompt, etc...) from txt2img tab when making previews",
-                               value=False, elem_id="train_preview_from_txt2img")
+                               value=False, elem_id=eid("train_preview_from_txt2img"))
     shuffle = gr.Checkbox(label="Shuffle tags by ',' when creating prompts.", value=False,
-                          elem_id="train_shuffle_tags")
+                          elem_id=eid("train_shuffle_tags"))
     drop = gr.Slider(0, 1, value=0, step=0.1, label="Drop out tags when creating prompts.",
-                     elem_id="train_tag_drop_out")
+                     elem_id=eid("train_tag_drop_out"))
     latent = gr.Radio(label="Choose latent sampling method", value="once", choices=list(LATENT_SAMPLING_METHODS),
-                      elem_id="train_latent_sampling_method")
+                      elem_id=eid("train_latent_sampling_method"))
     return [clip_mode, clip_value, batch, grad_step, data_root, log_dir, template, width, height, varsize, steps,
             image_every, save_every, use_weight, with_embedding, from_txt2img, shuffle, drop, latent]
 
@@ -269,7 +275,7 @@ def _train_lora_tab(state: AppState, txt2img: list[gr.components.Component]) -> 
     with gr.Row():
         overwrite = gr.Checkbox(label="Overwrite Old LoRA", value=False, elem_id="train_lora_overwrite")
         resume = gr.Checkbox(label="Continue training the existing file", value=False, elem_id="train_lora_resume")
-    common = _common_settings()
+    common = _common_settings("train_lora_")
     with gr.Row():
         interrupt = gr.Button("Interrupt", elem_id="train_lora_interrupt")
         button = gr.Button("Train LoRA", variant="primary", elem_id="train_train_lora")
