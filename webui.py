@@ -49,6 +49,9 @@ def setup_logging(level: str | None) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING if not level else level.upper())
     for chatty in ("diffusers", "transformers"):  # their warnings about optional extras are not the user's business
         logging.getLogger(chatty).setLevel(logging.ERROR if not level else level.upper())
+        # ... and the libraries set their own level when they first log (e.g. transformers' "requires torchvision,
+        # falling back to PIL" at diffusers' import), overriding the line above unless told through their variable.
+        os.environ.setdefault(f"{chatty.upper()}_VERBOSITY", "error" if not level else level.lower())
     warnings.filterwarnings("ignore", message="Should have ta>=t0", module="torchsde")
     warnings.filterwarnings("ignore", message=".*should be kept in float32.*")
 

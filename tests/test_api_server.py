@@ -254,3 +254,12 @@ def test_api_auth(tmp_path: Path, tiny_checkpoint: Path) -> None:
         assert requests.get(server.api("loras"), auth=("alice", "s3cret:x"), timeout=30).status_code == 200
     finally:
         stop_server(server)
+
+
+def test_the_console_shows_no_library_chatter(api_server: Server) -> None:
+    """Start-up output is ours: the libraries' notes about optional extras (transformers' "`CLIPImageProcessor`
+    requires torchvision (not installed); falling back ...", printed when diffusers is imported) stay hidden at
+    the default log level; the model load, which imports diffusers, has happened."""
+    text = api_server.log.read_text(errors="replace")
+    assert "Loaded checkpoint" in text
+    assert "requires torchvision" not in text and "[transformers]" not in text, text
