@@ -76,7 +76,8 @@ class Processed:
             "steps": p.steps, "batch_size": p.batch_size, "restore_faces": False, "face_restoration_model": None,
             "sd_model_name": self.sd_model_name, "sd_model_hash": self.sd_model_hash,
             "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
-            "seed_resize_from_w": -1, "seed_resize_from_h": -1, "denoising_strength": None,
+            "seed_resize_from_w": p.seed_resize_from_w, "seed_resize_from_h": p.seed_resize_from_h,
+            "denoising_strength": None,
             "extra_generation_params": {"Schedule type": self.schedule},
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
@@ -128,7 +129,8 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
                 shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
                 noise, generators = rng.initial_noise(shape, seeds, subseeds, params.subseed_strength,
-                                                      state.policy.device, str(opts["randn_source"]), setup.ensd)
+                                                      state.policy.device, str(opts["randn_source"]), setup.ensd,
+                                                      (params.seed_resize_from_w, params.seed_resize_from_h))
 
                 # 6. Denoise.
                 run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
@@ -293,6 +295,8 @@ def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, nega
         "VAE": model.vae.path.stem if model.vae.path and opts["add_vae_name_to_info"] else None,
         "Variation seed": subseed if strength else None,
         "Variation seed strength": strength if strength else None,
+        "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
+                             if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
         "Clip skip": setup.clip_skip if setup.clip_skip > 1 else None,
         "ENSD": setup.ensd or None,
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,

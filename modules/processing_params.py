@@ -39,6 +39,8 @@ class GenerationParams:
     seed: int = -1
     subseed: int = -1
     subseed_strength: float = 0.0
+    seed_resize_from_w: int = 0  # "Resize seed from width/height": off unless both are positive
+    seed_resize_from_h: int = 0
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int | None = None  # None: the CLIP_stop_at_last_layers setting
@@ -63,6 +65,8 @@ class GenerationParams:
         _check_int("n_iter", self.n_iter, 1, MAX_N_ITER)
         _check_int("seed", self.seed, -1, MAX_SEED)
         _check_int("subseed", self.subseed, -1, MAX_SEED)
+        _check_int("seed_resize_from_w", self.seed_resize_from_w, -1, MAX_SIDE)
+        _check_int("seed_resize_from_h", self.seed_resize_from_h, -1, MAX_SIDE)
         if self.clip_skip is not None:
             _check_int("clip_skip", self.clip_skip, 1, 12)
         if not isinstance(self.cfg_scale, (int, float)) or not math.isfinite(self.cfg_scale) or not 0 <= self.cfg_scale <= 100:

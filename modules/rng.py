@@ -7,6 +7,10 @@
 * Variation seeds: with strength ``s`` ≠ 0 the noise is A1111's ``slerp(s, noise(seed), noise(subseed))``,
   whose norms run over dimension 1 of the ``(C, H, W)`` tensor (the H axis), and which falls back to a
   linear mix with *swapped* weights when the two are nearly parallel — both quirks kept on purpose.
+* Seed resize ("Resize seed from width/height"): the seed's noise is drawn at the size it was first used at and
+  centred in the new size (cropped when that is smaller); the rest is the seed's noise at the new size. So a seed
+  found at 512x512 keeps its composition at 512x768. As in A1111, the image's own generator draws the full-size
+  noise (the sampler continues from there), the resized noise comes from a fresh generator with the same seed.
 """
 
 from __future__ import annotations
@@ -52,8 +56,8 @@ def slerp(val: float, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
 
 
 def initial_noise(shape: Sequence[int], seeds: Sequence[int], subseeds: Sequence[int], subseed_strength: float,
-                  device: torch.device, source: str = "GPU",
-                  ensd: int = 0) -> tuple[torch.Tensor, list[torch.Generator]]:
+                  device: torch.device, source: str = "GPU", ensd: int = 0,
+                  seed_resize: tuple[int, int] = (0, 0)) -> tuple[torch.Tensor, list[torch.Generator]]:
     """The batch's starting noise (unit variance, fp32, on ``device``) and the per-image generators.
 
     Args:
@@ -64,19 +68,41 @@ def initial_noise(shape: Sequence[int], seeds: Sequence[int], subseeds: Sequence
         source: "GPU" (the model's device) or "CPU".
         ensd: A1111's "eta noise seed delta": when ≠ 0 the generators the sampler continues with are re-seeded
             with ``seed + ensd`` after the initial noise (pass it only for samplers that use it).
+        seed_resize: ``(width, height)`` in pixels the seeds were first used at; off unless both are positive.
 
     Returns:
         ``(noise (B, 4, H/8, W/8), generators)``; the sampler continues drawing from ``generators``.
     """
+    shape = tuple(shape)
+    width, height = seed_resize
+    drawn = shape if width <= 0 or height <= 0 else (shape[0], height // 8, width // 8)
     generators = [create_generator(s, device, source) for s in seeds]
     noises = []
-    for generator, subseed in zip(generators, subseeds, strict=True):
-        noise = torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=torch.float32)
+    for seed, generator, subseed in zip(seeds, generators, subseeds, strict=True):
+        own = generator if drawn == shape else create_generator(seed, device, source)
+        noise = torch.randn(drawn, generator=own, device=own.device, dtype=torch.float32)
         if subseed_strength:
             sub_generator = create_generator(subseed, device, source)
-            subnoise = torch.randn(tuple(shape), generator=sub_generator, device=sub_generator.device)
+            subnoise = torch.randn(drawn, generator=sub_generator, device=sub_generator.device)
             noise = slerp(subseed_strength, noise, subnoise)
+        if drawn != shape:
+            noise = _centred(noise, torch.randn(shape, generator=generator, device=generator.device))
         noises.append(noise.to(device))
     if ensd:
         generators = [create_generator(s + ensd, device, source) for s in seeds]
     return torch.stack(noises), generators
+
+
+def _centred(small: torch.Tensor, full: torch.Tensor) -> torch.Tensor:
+    """``full`` with ``small`` pasted at its centre (``small`` cropped to its own centre where it is larger).
+    A1111's arithmetic, quirk included: offsets round down, and a crop takes ``2·offset`` off, so when ``small`` is
+    larger by an odd amount the last row or column stays ``full``'s."""
+    out = full.clone()
+    spans = []
+    for axis in (1, 2):  # H, then W of (C, H, W)
+        offset = (full.shape[axis] - small.shape[axis]) // 2
+        length = small.shape[axis] if offset >= 0 else small.shape[axis] + 2 * offset
+        spans.append((max(offset, 0), max(-offset, 0), length))
+    (ty, sy, h), (tx, sx, w) = spans
+    out[:, ty:ty + h, tx:tx + w] = small[:, sy:sy + h, sx:sx + w]
+    return out

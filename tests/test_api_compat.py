@@ -297,3 +297,16 @@ def test_queue_positions_live_preview_and_stop_only_the_running_job(server: Serv
     assert np.array_equal(pixels(replies["waiting"].json()["images"][0]), solo)  # the waiting job was untouched
     done = internal_progress(server, long_id)
     assert done["completed"] and not done["active"] and not done["queued"]
+
+
+def test_seed_resize_fields_are_used(server: Server) -> None:
+    """``seed_resize_from_w``/``_h`` (A1111's "Resize seed from") change the noise, are recorded in the infotext
+    and in ``info``, and are not reported as unsupported; -1 (A1111's API default) is off."""
+    base = {**SMALL, "prompt": "a kite", "seed": 9}
+    off = post(server, "txt2img", {**base, "seed_resize_from_w": -1, "seed_resize_from_h": -1}).json()
+    on = post(server, "txt2img", {**base, "seed_resize_from_w": 128, "seed_resize_from_h": 96}).json()
+    info = json.loads(on["info"])
+    assert info["comments"] == "" and (info["seed_resize_from_w"], info["seed_resize_from_h"]) == (128, 96)
+    assert "Seed resize from: 128x96" in info["infotexts"][0]
+    assert "Seed resize from" not in json.loads(off["info"])["infotexts"][0]
+    assert not np.array_equal(pixels(on["images"][0]), pixels(off["images"][0]))

@@ -267,3 +267,59 @@ def test_an_embedding_changed_on_disk_is_used_by_the_next_job(state, refresh: st
     fresh = pixels(process(state, params).images[0])
     assert np.array_equal(images[1], fresh)
     assert not np.array_equal(images[0], images[1])
+
+
+@pytest.mark.parametrize(("first", "now"), [((64, 64), (96, 128)), ((128, 96), (64, 64)), ((72, 56), (64, 80))])
+def test_seed_resize_centres_the_noise_of_the_size_the_seed_was_found_at(first, now) -> None:
+    """"Resize seed from": the seed's noise at the first size, centred in (or cropped to the centre of) the new
+    size, where the rest is the seed's noise at the new size — each drawn here with plain torch.randn from a
+    generator seeded alike. The sampler then continues from the generator that drew the full-size noise."""
+    seed, device = 1234, torch.device("cpu")
+    shape = (4, now[1] // 8, now[0] // 8)
+    small_shape = (4, first[1] // 8, first[0] // 8)
+    noise, generators = rng.initial_noise(shape, [seed], [0], 0.0, device, "CPU", seed_resize=first)
+    small = torch.randn(small_shape, generator=torch.Generator().manual_seed(seed))
+    reference = torch.Generator().manual_seed(seed)
+    full = torch.randn(shape, generator=reference)
+    assert torch.equal(generators[0].get_state(), reference.get_state())
+    result = noise[0]
+    for axis in (1, 2):
+        assert result.shape[axis] == shape[axis]
+    dy, dx = (shape[1] - small_shape[1]) // 2, (shape[2] - small_shape[2]) // 2
+    inside = np.zeros(shape[1:], dtype=bool)
+    if dy >= 0 and dx >= 0:  # the small noise, whole, at the centre
+        inside[dy:dy + small_shape[1], dx:dx + small_shape[2]] = True
+        assert torch.equal(result[:, inside], small[:, :, :].reshape(4, -1))
+    elif dy < 0 and dx < 0:  # the centre of the larger noise; A1111 crops 2·offset (odd excess: one more row)
+        h, w = small_shape[1] + 2 * dy, small_shape[2] + 2 * dx
+        inside[:h, :w] = True
+        assert torch.equal(result[:, :h, :w], small[:, -dy:-dy + h, -dx:-dx + w])
+    else:  # taller and narrower: the small noise's middle columns at the new noise's middle rows
+        h = small_shape[1] if dy >= 0 else small_shape[1] + 2 * dy
+        w = small_shape[2] if dx >= 0 else small_shape[2] + 2 * dx
+        top, left = max(dy, 0), max(dx, 0)
+        inside[top:top + h, left:left + w] = True
+        assert torch.equal(result[:, top:top + h, left:left + w],
+                           small[:, max(-dy, 0):max(-dy, 0) + h, max(-dx, 0):max(-dx, 0) + w])
+    assert torch.equal(result[:, ~inside], full[:, ~inside])  # the rest: the seed's full-size noise
+    off, _ = rng.initial_noise(shape, [seed], [0], 0.0, device, "CPU", seed_resize=(0, first[1]))
+    assert torch.equal(off[0], full)  # one side 0: off
+
+
+def test_seed_resize_is_written_in_the_infotext_and_keeps_the_composition(state) -> None:
+    """The job records "Seed resize from: WxH" only when it is on; a seed found at 64x64 and re-run at 64x80 with
+    "resize seed from 64x64" is closer to the 64x64 picture (its middle) than the same seed at 64x80 without it."""
+    base = dict(prompt="a red circle", steps=6, seed=31, save_images=False, sampler_name="Euler")
+    found = pixels(process(state, GenerationParams(**base, width=64, height=64)).images[0])
+    plain = process(state, GenerationParams(**base, width=64, height=80))
+    resized = process(state, GenerationParams(**base, width=64, height=80, seed_resize_from_w=64,
+                                              seed_resize_from_h=64))
+    assert "Seed resize from" not in plain.infotexts[0]
+    assert "Seed resize from: 64x64" in resized.infotexts[0]
+    assert infotext.parse(resized.infotexts[0])["Seed resize from-2"] == "64"
+    middle = slice(8, 72)
+    near = np.abs(pixels(resized.images[0])[middle] - found).mean()
+    far = np.abs(pixels(plain.images[0])[middle] - found).mean()
+    assert near < far, (near, far)
+    with pytest.raises(ParamsError, match="seed_resize_from_w"):
+        GenerationParams(seed_resize_from_w=10**6).validate()

@@ -29,12 +29,23 @@ def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
     paste = png_info.paste_values(state, FULL.format(hash=tiny.shorthash))
     assert paste.values == {"prompt": "a blue square, (soft:1.2)", "negative": "blurry", "steps": 6, "cfg_scale": 5.5,
                             "seed": 31337, "width": 72, "height": 64, "subseed": 17, "subseed_strength": 0.25,
-                            "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential"}
+                            "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential",
+                            "seed_resize_from_w": 0, "seed_resize_from_h": 0}  # absent: off, not left as it was
     assert paste.checkpoint == tiny
     assert sorted(paste.overrides) == ["ENSD: 31337", "Emphasis: No norm", "RNG: CPU"]
     assert not paste.warnings
     assert png_info.parse_overrides(paste.overrides) == {"randn_source": "CPU", "eta_noise_seed_delta": 31337,
                                                          "emphasis": "No norm"}
+
+
+def test_seed_resize_is_pasted_and_sent_to_the_job(make_state) -> None:
+    state = make_state()
+    paste = png_info.paste_values(state, "x\nSteps: 3, Seed: 2, Size: 64x80, Seed resize from: 512x768")
+    assert (paste.values["seed_resize_from_w"], paste.values["seed_resize_from_h"]) == (512, 768)
+    params = txt2img.build_params(state, "a", "", [], "Euler a", "Automatic", 20, 64, 80, 1, 1, 7, 2, -1, 0, 1, [],
+                                  512, 768)
+    assert (params.seed_resize_from_w, params.seed_resize_from_h) == (512, 768)
+    assert set(txt2img.PASTE_TARGETS) >= {"seed_resize_from_w", "seed_resize_from_h"}
 
 
 def test_paste_of_old_and_foreign_infotexts(make_state) -> None:

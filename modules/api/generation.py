@@ -32,7 +32,6 @@ UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("enable_hr", lambda v: bool(v), "hires fix is not supported yet; the image was made at the first-pass size"),
     ("restore_faces", lambda v: bool(v), "face restoration is not supported"),
     ("tiling", lambda v: bool(v), "tiling is not supported"),
-    ("seed_resize_from_w", lambda v: isinstance(v, int) and v > 0, "seed resize is not supported"),
     ("eta", lambda v: v is not None, "eta is not supported (the sampler's default is used)"),
     ("s_churn", lambda v: v is not None, "sigma churn is not supported"),
     ("s_noise", lambda v: v is not None, "sigma noise is not supported"),
@@ -69,7 +68,9 @@ def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParam
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler_name=request.sampler_name or request.sampler_index, scheduler=request.scheduler or "Automatic",
         cfg_scale=request.cfg_scale, width=request.width, height=request.height, seed=request.seed,
-        subseed=request.subseed, subseed_strength=request.subseed_strength, batch_size=request.batch_size,
+        subseed=request.subseed, subseed_strength=request.subseed_strength,
+        seed_resize_from_w=request.seed_resize_from_w, seed_resize_from_h=request.seed_resize_from_h,
+        batch_size=request.batch_size,
         n_iter=request.n_iter, save_images=request.save_images and not request.do_not_save_samples,
         override_settings={k: v for k, v in overrides.items() if k in OPTIONS},
     )

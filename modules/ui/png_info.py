@@ -27,6 +27,7 @@ PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("CFG scale", "cfg_scale", float), ("Seed", "seed", int), ("Size-1", "width", int), ("Size-2", "height", int),
     ("Batch size", "batch_size", int), ("Variation seed", "subseed", int),
     ("Variation seed strength", "subseed_strength", float), ("Clip skip", "clip_skip", int),
+    ("Seed resize from-1", "seed_resize_from_w", int), ("Seed resize from-2", "seed_resize_from_h", int),
 )
 # settings with their own control (or switched directly), so they are not offered as overrides
 NOT_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
@@ -46,6 +47,8 @@ class Paste:
 def paste_values(state: AppState, text: str) -> Paste:
     """Parse ``text`` (A1111 rules) into control values, the checkpoint it names and setting overrides."""
     res = infotext.parse(text)
+    if "Seed resize from-1" not in res:  # absent means off: a resize pasted before must not stay
+        res["Seed resize from-1"] = res["Seed resize from-2"] = 0
     paste = Paste()
     for key, name, convert in PASTE_FIELDS:
         if key in res:

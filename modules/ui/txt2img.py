@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 # the controls "Send to txt2img" can fill, by the names png_info.PASTE_FIELDS uses
 PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", "height", "batch_size", "cfg_scale",
-                 "seed", "subseed", "subseed_strength", "clip_skip")
+                 "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h")
 
 
 @dataclass
@@ -43,12 +43,15 @@ class Txt2ImgControls:
     subseed_strength: gr.Slider
     clip_skip: gr.Slider
     overrides: gr.Dropdown
+    seed_resize_from_w: gr.Slider
+    seed_resize_from_h: gr.Slider
 
     def job_inputs(self) -> list[gr.components.Component]:
         """The inputs of :func:`build_params`, in its argument order."""
         return [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
                 self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed, self.subseed,
-                self.subseed_strength, self.clip_skip, self.overrides]
+                self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
+                self.seed_resize_from_h]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
         return {name: getattr(self, name) for name in PASTE_TARGETS}
@@ -142,6 +145,11 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
                 reuse_subseed = gr.Button("♻️", elem_id="txt2img_reuse_subseed", scale=0, min_width=40)
                 subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
                                              elem_id="txt2img_subseed_strength", scale=4)
+            with gr.Row(elem_id="txt2img_seed_resize_row"):  # 0: off (the seed is used at the size asked)
+                seed_resize_from_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
+                                               elem_id="txt2img_seed_resize_from_w")
+                seed_resize_from_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
+                                               elem_id="txt2img_seed_resize_from_h")
             clip_skip = gr.Slider(1, 12, value=int(state.opts["CLIP_stop_at_last_layers"]), step=1, label="Clip skip",
                                   elem_id="txt2img_clip_skip")
             overrides = gr.Dropdown(label="Override settings", choices=[], value=[], multiselect=True,
@@ -156,7 +164,8 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
             selected = gr.State(None)
 
     controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
-                               batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides)
+                               batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
+                               seed_resize_from_w, seed_resize_from_h)
 
     def run(*values):
         params = build_params(state, *values)
@@ -206,7 +215,8 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
 def build_params(state: AppState, prompt: str, negative: str, styles: list[str] | None, sampler: str, schedule: str,
                  steps: float, width: float, height: float, batch_count: float, batch_size: float, cfg_scale: float,
                  seed: float, subseed: float, subseed_strength: float, clip_skip: float,
-                 overrides: list[str] | None) -> GenerationParams:
+                 overrides: list[str] | None, seed_resize_from_w: float = 0,
+                 seed_resize_from_h: float = 0) -> GenerationParams:
     """The job the controls describe (styles merged into the prompts), validated; ``gr.Error`` names a bad field."""
     prompt, negative = style_editor.apply_selected(state, prompt or "", negative or "", styles)
     try:
@@ -215,6 +225,7 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
             width=int(width), height=int(height), n_iter=int(batch_count), batch_size=int(batch_size),
             cfg_scale=_number(cfg_scale), seed=int(seed if seed is not None else -1),
             subseed=int(subseed if subseed is not None else -1), subseed_strength=float(subseed_strength),
+            seed_resize_from_w=int(seed_resize_from_w or 0), seed_resize_from_h=int(seed_resize_from_h or 0),
             clip_skip=int(clip_skip), override_settings=png_info.parse_overrides(overrides))
         return params.validate()
     except (ValueError, LookupError) as e:
