@@ -124,7 +124,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
             with state.networks.activated(ctx, network_data):
                 # 4. Conditioning, after the networks (a LoRA changes the text encoder).
                 with _on_device(model, "text_encoder"):
-                    guidance, extra = _conditioning(state, setup, prompts, all_negative[batch])
+                    guidance, extra = guidance_for(state, setup, prompts, all_negative[batch])
 
                 # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
                 shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
@@ -179,24 +179,32 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     )
 
 
-def _conditioning(state: AppState, setup: JobSetup, prompts: list[str],
-                  negatives: list[str]) -> tuple[sampling.Guidance, dict[str, object]]:
-    """Encode the batch's prompts (cached), and the infotext fields this produces (TI hashes, Emphasis)."""
+def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives: list[str],
+                 embeddings: object | None = None) -> tuple[sampling.Guidance, dict[str, object]]:
+    """Encode the batch's prompts, and the infotext fields this produces (TI hashes, Emphasis).
+
+    ``embeddings``: the textual inversions to use instead of the database's (a training preview passes the ones
+    being trained); its encodings are not cached.
+    """
     model, opts = setup.model, setup.opts
     pipe = model.pipe
-    if state.embeddings is not None:
-        state.embeddings.refresh(pipe.text_encoder.config.hidden_size)
+    cache: conditioning.ConditioningCache | None = None
+    if embeddings is None:
+        embeddings, cache = state.embeddings, model.cond_cache
+        if state.embeddings is not None:
+            state.embeddings.refresh(pipe.text_encoder.config.hidden_size)
     options = prompt_encoder.EncoderOptions(clip_skip=setup.clip_skip, emphasis=str(opts["emphasis"]),
                                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
-    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, state.embeddings, options)
+    encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, embeddings, options)
     steps = setup.params.steps * (2 if setup.sampler.second_order else 1)  # A1111 counts denoiser calls
     # Cached encodings are valid for these options, text-encoder weights (LoRAs) and embeddings.
     key = (options, model.text_encoder_state, state.embeddings.revision if state.embeddings is not None else 0)
     old = bool(opts["use_old_scheduling"])
-    multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, model.cond_cache, key, old)
-    uncond = conditioning.learned_conditioning(encoder, negatives, steps, model.cond_cache, key, old)
+    multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, cache, key, old)
+    uncond = conditioning.learned_conditioning(encoder, negatives, steps, cache, key, old)
     extra: dict[str, object] = {}
-    used = multicond.embeddings + conditioning.embeddings_of(uncond)  # A1111: positive ones, then negative ones
+    used = [e for e in multicond.embeddings + conditioning.embeddings_of(uncond)  # positive ones, then negative
+            if getattr(e, "shorthash", None)]  # (one being trained has no file, so no hash yet)
     if used and opts["textual_inversion_add_hashes_to_infotext"]:
         extra["TI hashes"] = ", ".join(f"{e.name.replace(':', '').replace(',', '')}: {e.shorthash}" for e in used)
     if options.emphasis != "Original" and any("(" in t or "[" in t for t in prompts + negatives):

@@ -189,8 +189,10 @@ def test_preview_from_txt2img_is_the_txt2img_image_of_the_embedding_copy(state, 
 
     data = red_dataset(tmp_path / "red")
     embedding_trainer.create_embedding(state, "prevemb", 2, init_text="blue")
-    # A tag in the prompt: txt2img removes it (the network is not found), the preview removes it without activating.
-    txt2img = dict(prompt="a prevemb scene, red <lora:not-here:1>", negative_prompt="blurry, green", steps=5,
+    # The whole prompt syntax (prompt editing, AND with a weight); a tag: txt2img removes it (the network is not
+    # found), the preview removes it without activating anything.
+    prompt = "a prevemb scene, [red:blue:2] AND a (bright:1.2) sky :0.6 <lora:not-here:1>"
+    txt2img = dict(prompt=prompt, negative_prompt="blurry, green", steps=5,
                    sampler_name="Euler a", scheduler="Automatic", cfg_scale=6.5, seed=4242, width=64, height=80)
     result = embedding_trainer.train_embedding(state, "prevemb", settings(
         data, learn_rate="0.2", steps=8, create_image_every=6, save_every=6, preview_from_txt2img=True,
@@ -211,7 +213,7 @@ def test_preview_from_txt2img_is_the_txt2img_image_of_the_embedding_copy(state, 
     assert np.array_equal(pixels, made["copy"][0])
     assert not np.array_equal(pixels, made["final"][0])  # two more steps change the picture: the copy is the match
     ours, theirs = infotext.parse(text), infotext.parse(made["copy"][1])
-    assert ours["Prompt"] == "a prevemb scene, red <lora:not-here:1>" and ours["Negative prompt"] == "blurry, green"
+    assert ours["Prompt"] == prompt and ours["Negative prompt"] == "blurry, green"
     for key in ("Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size-1", "Size-2", "Model hash", "Model"):
         assert ours[key] == theirs[key], key
 

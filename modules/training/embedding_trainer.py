@@ -137,6 +137,11 @@ class EmbeddingTrainable:
     def activate(self, model) -> AbstractContextManager[None]:
         return nullcontext()
 
+    @property
+    def embeddings(self) -> _SingleEmbeddingIndex:
+        """What prompts are encoded with: the embedding being trained."""
+        return self._index
+
     def conditioning(self, encode, prompts: list[str]) -> torch.Tensor:
         return encode(prompts, self._index)
 

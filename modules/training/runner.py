@@ -63,6 +63,7 @@ class Trainable(Protocol):
     suffix: str  # ".pt" or ".safetensors"
     step: int  # optimizer steps done so far (resumed files start from theirs)
     final_path: Path
+    embeddings: object  # the textual inversions its prompts are encoded with (a PromptEncoder's ``embeddings``)
 
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups; a group may carry ``lr_scale`` (× the scheduled rate) and ``weight_decay``."""
@@ -141,8 +142,8 @@ class TrainSettings:
                 raise TrainingError(f"previews cannot be made with {source}: {e}") from None
 
     def preview_params(self, first_prompt: str) -> GenerationParams:
-        """The txt2img job a preview is (A1111 makes it with extra networks disabled: the trainer's own
-        conditioning carries what is being trained); ``first_prompt``: the current batch's first prompt."""
+        """The txt2img job a preview is (A1111 makes it with extra networks disabled: the trainable's embeddings
+        and hooks carry what is being trained); ``first_prompt``: the current batch's first prompt."""
         if self.preview_from_txt2img:
             return GenerationParams(
                 prompt=self.preview_prompt, negative_prompt=self.preview_negative_prompt, steps=self.preview_steps,
@@ -472,9 +473,10 @@ class _Loop:
         self.csv_losses.clear()
 
     def _preview(self, model, params: GenerationParams, steps_done: int) -> tuple[Path, Image.Image]:
-        """A preview with the trainable active, made as txt2img makes an image (sampler, schedule, seed, CFG,
-        decode) from the trainer's conditioning; saved with its infotext, as A1111 saves it. Extra-network tags in
-        the prompt are removed and not activated (A1111 disables extra networks for previews)."""
+        """A preview with the trainable active, made as txt2img makes an image (the whole prompt syntax, sampler,
+        schedule, seed, CFG, decode) with the trainable's embeddings; saved with its infotext, as A1111 saves it.
+        Extra-network tags in the prompt are removed and not activated (A1111 disables extra networks for
+        previews)."""
         from modules import extra_networks, infotext, processing, rng, sampling, samplers
 
         pipe, opts = model.pipe, self.state.opts.snapshot()
@@ -484,14 +486,13 @@ class _Loop:
         seed = rng.fix_seed(params.seed)
         with torch.no_grad():
             prompt, _ = extra_networks.parse_prompt(params.prompt)  # tags removed, not activated (A1111)
-            cond = self.t.conditioning(self.encode, [prompt])
-            uncond = self.t.conditioning(self.encode, [params.negative_prompt])
+            guidance, _ = processing.guidance_for(self.state, setup, [prompt], [params.negative_prompt],
+                                                  embeddings=self.t.embeddings)
             shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
             device = next(pipe.unet.parameters()).device  # where the training steps run
             noise, generators = rng.initial_noise(shape, [seed], [seed], 0.0, device, str(opts["randn_source"]),
                                                   setup.ensd)
             run = samplers.create_run(sampler, schedule, pipe.scheduler.config, [seed], generators)
-            guidance = sampling.Guidance.fixed(cond, uncond, float(params.cfg_scale))
             latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps)
             vae_device = next(pipe.vae.parameters()).device
             image = sampling.decode(pipe.vae, latents.to(vae_device)).images[0]
