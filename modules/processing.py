@@ -39,6 +39,14 @@ class JobSetup:
     ensd: int
     opts: dict[str, object]
 
+    @classmethod
+    def of(cls, params: GenerationParams, model: LoadedModel, opts: dict[str, object]) -> JobSetup:
+        """The job's sampler and schedule (A1111's names resolved), its clip skip (the job's, else the setting) and
+        ENSD (for the samplers that use it)."""
+        sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
+        return cls(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
+                   ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+
 
 @dataclass
 class Processed:
@@ -94,9 +102,8 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     # 1. The model this job asks for (a per-job override may name another checkpoint), with its VAE.
     model = _model_for_job(state, opts)
     pipe = model.pipe
-    sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
-    setup = JobSetup(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
-                     ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+    setup = JobSetup.of(params, model, opts)
+    sampler, schedule = setup.sampler, setup.schedule
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)

@@ -480,9 +480,7 @@ class _Loop:
         from modules import extra_networks, infotext, processing, rng, sampling, samplers
 
         pipe, opts = model.pipe, self.state.opts.snapshot()
-        sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
-        setup = processing.JobSetup(params, model, sampler, schedule, clip_skip=int(opts["CLIP_stop_at_last_layers"]),
-                                    ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+        setup = processing.JobSetup.of(params, model, opts)
         seed = rng.fix_seed(params.seed)
         with torch.no_grad():
             prompt, _ = extra_networks.parse_prompt(params.prompt)  # tags removed, not activated (A1111)
@@ -492,7 +490,7 @@ class _Loop:
             device = next(pipe.unet.parameters()).device  # where the training steps run
             noise, generators = rng.initial_noise(shape, [seed], [seed], 0.0, device, str(opts["randn_source"]),
                                                   setup.ensd)
-            run = samplers.create_run(sampler, schedule, pipe.scheduler.config, [seed], generators)
+            run = samplers.create_run(setup.sampler, setup.schedule, pipe.scheduler.config, [seed], generators)
             latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps)
             vae_device = next(pipe.vae.parameters()).device
             image = sampling.decode(pipe.vae, latents.to(vae_device)).images[0]
