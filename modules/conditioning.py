@@ -67,20 +67,22 @@ class ConditioningCache:
 
 
 def learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int, cache: ConditioningCache | None,
-                         encoder_key: Hashable = (), use_old_scheduling: bool = False) -> list[ScheduledCond]:
-    """A :class:`ScheduledCond` per prompt (identical prompts share one)."""
+                         encoder_key: Hashable = (), use_old_scheduling: bool = False,
+                         hires_steps: int | None = None) -> list[ScheduledCond]:
+    """A :class:`ScheduledCond` per prompt (identical prompts share one). ``hires_steps``: the schedule is the
+    hires pass's, whose editing steps count on from the first pass's ``steps`` (A1111's offsets)."""
     results: dict[str, ScheduledCond] = {}
     for prompt in prompts:
         if prompt in results:
             continue
 
         def encode(prompt: str = prompt) -> ScheduledCond:
-            schedule = prompt_parser.get_learned_conditioning_prompt_schedules([prompt], steps, None,
+            schedule = prompt_parser.get_learned_conditioning_prompt_schedules([prompt], steps, hires_steps,
                                                                                use_old_scheduling)[0]
             conds, used = encoder.encode([text for _, text in schedule])
             return ScheduledCond(tuple(int(end) for end, _ in schedule), conds, tuple(used))
 
-        key = (prompt, steps, use_old_scheduling, encoder_key)
+        key = (prompt, steps, hires_steps, use_old_scheduling, encoder_key)
         results[prompt] = cache.get_or_encode(key, encode) if cache is not None else encode()
     return [results[p] for p in prompts]
 
@@ -110,10 +112,10 @@ class Multicond:
 
 def multicond_learned_conditioning(encoder: PromptEncoder, prompts: list[str], steps: int,
                                    cache: ConditioningCache | None, encoder_key: Hashable = (),
-                                   use_old_scheduling: bool = False) -> Multicond:
+                                   use_old_scheduling: bool = False, hires_steps: int | None = None) -> Multicond:
     """Split each prompt on ``AND`` (with ``:weight``) and encode the parts' schedules."""
     res_indexes, flat, _ = prompt_parser.get_multicond_prompt_list(prompts)
-    learned = learned_conditioning(encoder, flat, steps, cache, encoder_key, use_old_scheduling)
+    learned = learned_conditioning(encoder, flat, steps, cache, encoder_key, use_old_scheduling, hires_steps)
     return Multicond(tuple(tuple((learned[i], float(w)) for i, w in row) for row in res_indexes))
 
 

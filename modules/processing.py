@@ -7,6 +7,7 @@ runs. It returns a :class:`Processed` with the images, their infotexts and A1111
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import (INFOTEXT_VERSION, conditioning, extra_networks, images, infotext, prompt_encoder, rng, samplers,
-                     sampling)
+from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, infotext, prompt_encoder, rng,
+                     samplers, sampling)
 from modules.processing_params import GenerationParams
 from modules.sd_models import LoadedModel
 from modules.state import AppState
@@ -46,6 +47,30 @@ class JobSetup:
         sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
         return cls(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
                    ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+
+    @property
+    def denoiser_calls(self) -> int:
+        """The steps prompt editing counts: A1111 counts each of a second-order sampler's two calls."""
+        return self.params.steps * (2 if self.sampler.second_order else 1)
+
+
+@dataclass(frozen=True, slots=True)
+class HiresSetup:
+    """The hires pass of a job: its sampler, schedule and step count (as a :class:`JobSetup` whose ``steps``
+    are the pass's), the size it goes to, and where in its schedule it starts."""
+
+    setup: JobSetup
+    target: hires.Target
+    plan: hires.StepPlan
+
+    @classmethod
+    def of(cls, first: JobSetup) -> HiresSetup:
+        params = first.params
+        steps = params.hr_second_pass_steps or params.steps
+        second = dataclasses.replace(params, steps=steps, sampler_name=params.hr_sampler_name or params.sampler_name,
+                                     scheduler=params.hr_scheduler or params.scheduler)
+        return cls(JobSetup.of(second, first.model, first.opts), hires.target_size(params),
+                   hires.step_plan(steps, float(params.denoising_strength)))
 
 
 @dataclass
@@ -85,7 +110,7 @@ class Processed:
             "sd_model_name": self.sd_model_name, "sd_model_hash": self.sd_model_hash,
             "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
             "seed_resize_from_w": p.seed_resize_from_w, "seed_resize_from_h": p.seed_resize_from_h,
-            "denoising_strength": None,
+            "denoising_strength": p.denoising_strength if p.enable_hr else None,
             "extra_generation_params": {"Schedule type": self.schedule},
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
@@ -104,14 +129,17 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     pipe = model.pipe
     setup = JobSetup.of(params, model, opts)
     sampler, schedule = setup.sampler, setup.schedule
+    hr = HiresSetup.of(setup) if params.enable_hr else None
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
     all_seeds, all_subseeds = rng.seeds_for(seed, subseed, params.subseed_strength, params.image_count)
     all_prompts = [params.prompt] * params.image_count
     all_negative = [params.negative_prompt] * params.image_count
+    all_hr_prompts = [params.hr_prompt or params.prompt] * params.image_count
+    all_hr_negative = [params.hr_negative_prompt or params.negative_prompt] * params.image_count
 
-    state.job.begin("txt2img", params.n_iter)
+    state.job.begin("txt2img", params.n_iter * (2 if hr else 1))  # A1111 counts the hires pass as a job
     samples: list[Image.Image] = []
     texts: list[str] = []
     saved: list[Path] = []
@@ -147,10 +175,22 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                                                callback=_step_callback(state, bar))
             comments.extend(c for c in ctx.comments if c not in comments)
             _check_nans(state, latents)
-
-            # 7. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
             extra = {**ctx.infotext, **extra}
-            for i, image in enumerate(_decode(state, model, latents, params, comments)):
+
+            # 7. Hires. fix: upscale, then a second pass at the new size with the hires prompts and their networks
+            #    (unless the batch was skipped or the job interrupted: then the first pass is the result).
+            if hr is not None:
+                state.job.next_pass()
+                if not state.job.should_stop_batch:
+                    latents, hr_infotext = _hires_pass(state, setup, hr, latents, all_hr_prompts[batch],
+                                                       all_hr_negative[batch], seeds, subseeds, ctx.infotext, comments)
+                    extra.update(hr_infotext)
+                    _check_nans(state, latents)
+                extra = {**hires.infotext_fields(params, sampler.name, schedule, hr.setup.sampler.name,
+                                                 hr.setup.schedule), **extra}
+
+            # 8. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
+            for i, image in enumerate(_decode(state, model, latents, comments)):
                 index = n * params.batch_size + i
                 text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
                                        all_subseeds[index])
@@ -163,7 +203,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         _release(model)  # A1111 sends everything back to the CPU after each job in the low-memory modes
         state.job.end()
 
-    # 8. A grid in front when there is more than one image (A1111's return_grid / grid_save).
+    # 9. A grid in front when there is more than one image (A1111's return_grid / grid_save).
     output, first = list(samples), 0
     if len(samples) > 1 and (opts["return_grid"] or opts["grid_save"]):
         grid = images.image_grid(samples)
@@ -186,12 +226,50 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     )
 
 
+def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, latents: torch.Tensor, prompts: list[str],
+                negatives: list[str], seeds: list[int], subseeds: list[int], first_infotext: dict[str, str],
+                comments: list[str]) -> tuple[torch.Tensor, dict[str, str]]:
+    """A1111's second pass: the first pass's result upscaled to the target size, the seeds' noise at that size,
+    the hires prompts' networks and conditioning, and the last ``hr.plan.run`` steps of a schedule stretched to
+    ``hr.plan.total`` (img2img). Returns the latents and the networks' infotext fields (Lora hashes kept from
+    the first pass and extended, as in A1111)."""
+    params, model, setup = first.params, first.model, hr.setup
+    pipe = model.pipe
+    if hires.is_latent(params.hr_upscaler):
+        start = hires.upscale_latents(latents, params.hr_upscaler, hr.target)
+    else:
+        pictures = hires.upscale_images(_decode(state, model, latents, comments), str(params.hr_upscaler),
+                                        hr.target)
+        with _on_device(model, "vae"):
+            start = sampling.encode(pipe.vae, pictures, tiled=_vae_tiled(state, hr.target.width, hr.target.height))
+    start = hires.truncate(start.to(state.policy.device), hr.target)
+    noise, generators = rng.initial_noise(tuple(start.shape[1:]), seeds, subseeds, params.subseed_strength,
+                                          state.policy.device, str(first.opts["randn_source"]), setup.ensd,
+                                          (params.seed_resize_from_w, params.seed_resize_from_h))
+    texts, network_data = extra_networks.parse_prompts(prompts)
+    ctx = extra_networks.ActivationContext(model=model, opts=first.opts, infotext=dict(first_infotext))
+    _release(model)
+    with state.networks.activated(ctx, network_data):
+        with _on_device(model, "text_encoder"):
+            guidance, _ = guidance_for(state, setup, texts, negatives, hires_of=first)
+        if hr.plan.run > 0:  # denoising strength 0: the upscaled first pass as it is
+            run = samplers.create_run(setup.sampler, setup.schedule, pipe.scheduler.config, seeds, generators)
+            with tqdm(total=hr.plan.run, desc="Hires", leave=False) as bar, \
+                    _on_device(model, "unet"), _unet_compilation(state, ctx):
+                start = sampling.denoise(pipe.unet, run, noise, guidance, hr.plan.total,
+                                         callback=_step_callback(state, bar), init=start, skip=hr.plan.skip)
+    comments.extend(c for c in ctx.comments if c not in comments)
+    return start, ctx.infotext
+
+
 def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives: list[str],
-                 embeddings: object | None = None) -> tuple[sampling.Guidance, dict[str, object]]:
+                 embeddings: object | None = None,
+                 hires_of: JobSetup | None = None) -> tuple[sampling.Guidance, dict[str, object]]:
     """Encode the batch's prompts, and the infotext fields this produces (TI hashes, Emphasis).
 
     ``embeddings``: the textual inversions to use instead of the database's (a training preview passes the ones
-    being trained); its encodings are not cached.
+    being trained); its encodings are not cached. ``hires_of``: ``setup`` is the hires pass of that job, so
+    prompt editing follows A1111's hires timing (steps counted on from the first pass's).
     """
     model, opts = setup.model, setup.opts
     pipe = model.pipe
@@ -203,12 +281,13 @@ def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives
     options = prompt_encoder.EncoderOptions(clip_skip=setup.clip_skip, emphasis=str(opts["emphasis"]),
                                             comma_padding_backtrack=int(opts["comma_padding_backtrack"]))
     encoder = prompt_encoder.PromptEncoder(pipe.text_encoder, pipe.tokenizer, embeddings, options)
-    steps = setup.params.steps * (2 if setup.sampler.second_order else 1)  # A1111 counts denoiser calls
+    steps, hires_steps = (setup.denoiser_calls, None) if hires_of is None else (hires_of.denoiser_calls,
+                                                                                  setup.denoiser_calls)
     # Cached encodings are valid for these options, text-encoder weights (LoRAs) and embeddings.
     key = (options, model.text_encoder_state, state.embeddings.revision if state.embeddings is not None else 0)
     old = bool(opts["use_old_scheduling"])
-    multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, cache, key, old)
-    uncond = conditioning.learned_conditioning(encoder, negatives, steps, cache, key, old)
+    multicond = conditioning.multicond_learned_conditioning(encoder, prompts, steps, cache, key, old, hires_steps)
+    uncond = conditioning.learned_conditioning(encoder, negatives, steps, cache, key, old, hires_steps)
     extra: dict[str, object] = {}
     used = [e for e in multicond.embeddings + conditioning.embeddings_of(uncond)  # positive ones, then negative
             if getattr(e, "shorthash", None)]  # (one being trained has no file, so no hash yet)
@@ -251,12 +330,16 @@ def _check_nans(state: AppState, latents: torch.Tensor) -> None:
                         "turns this check off.")
 
 
-def _decode(state: AppState, model: LoadedModel, latents: torch.Tensor, params: GenerationParams,
-            comments: list[str]) -> list[Image.Image]:
+def _vae_tiled(state: AppState, width: int, height: int) -> bool:
+    """Whether the VAE works in tiles on an image of this size (the ``vae_tiling`` setting)."""
+    tile = str(state.opts["vae_tiling"])
+    return tile == "Always" or (tile == "Auto" and width * height > VAE_TILING_PIXELS)
+
+
+def _decode(state: AppState, model: LoadedModel, latents: torch.Tensor, comments: list[str]) -> list[Image.Image]:
     """Decode with the VAE; on NaNs from a half-precision VAE, switch it to fp32 and retry (A1111's default)."""
     vae = model.pipe.vae
-    tile = str(state.opts["vae_tiling"])
-    tiled = tile == "Always" or (tile == "Auto" and params.width * params.height > VAE_TILING_PIXELS)
+    tiled = _vae_tiled(state, latents.shape[-1] * hires.LATENT_FACTOR, latents.shape[-2] * hires.LATENT_FACTOR)
     with _on_device(model, "vae"):
         decoded = sampling.decode(vae, latents, tiled=tiled)
     if decoded.nan_found and next(vae.parameters()).dtype != torch.float32 and state.opts["auto_vae_precision"]:
@@ -312,6 +395,7 @@ def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, nega
         "Variation seed strength": strength if strength else None,
         "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                              if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
+        "Denoising strength": params.denoising_strength if params.enable_hr else None,
         "Clip skip": setup.clip_skip if setup.clip_skip > 1 else None,
         "ENSD": setup.ensd or None,
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,

@@ -10,7 +10,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modules import samplers
+from modules import hires, samplers
 
 MAX_SIDE = 4096  # pixels; beyond this even a 80 GB GPU runs out of memory in the VAE
 MIN_SIDE = 64
@@ -44,6 +44,18 @@ class GenerationParams:
     batch_size: int = 1
     n_iter: int = 1
     clip_skip: int | None = None  # None: the CLIP_stop_at_last_layers setting
+    # Hires. fix: a second pass at a larger size, started from the first pass's upscaled result (modules/hires.py)
+    enable_hr: bool = False
+    denoising_strength: float = 0.75  # A1111's default for txt2img (its page starts at 0.7)
+    hr_scale: float = 2.0  # "Upscale by", used when hr_resize_x and hr_resize_y are both 0
+    hr_upscaler: str | None = None  # None: "Latent" (A1111's latent_upscale_default_mode), not named in the infotext
+    hr_second_pass_steps: int = 0  # 0: as many as the first pass
+    hr_resize_x: int = 0  # "Resize width to"; 0 with hr_resize_y 0: hr_scale decides
+    hr_resize_y: int = 0
+    hr_sampler_name: str | None = None  # None: the first pass's sampler
+    hr_scheduler: str | None = None  # None: the first pass's schedule type
+    hr_prompt: str = ""  # "": the prompt
+    hr_negative_prompt: str = ""  # "": the negative prompt
     save_images: bool = True
     override_settings: Mapping[str, object] = field(default_factory=dict)
 
@@ -80,7 +92,37 @@ class GenerationParams:
             samplers.split_sampler_and_schedule(self.sampler_name, self.scheduler)
         except samplers.SamplerError as e:
             raise ParamsError(str(e)) from None
+        if self.enable_hr:
+            self._validate_hires()
         return self
+
+    def _validate_hires(self) -> None:
+        if not isinstance(self.denoising_strength, (int, float)) or isinstance(self.denoising_strength, bool) or \
+                not 0 <= self.denoising_strength <= 1:
+            raise ParamsError(f"denoising_strength must be from 0 to 1; got {self.denoising_strength!r}")
+        scale = self.hr_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or \
+                not 0 < scale <= 8:
+            raise ParamsError(f"hr_scale (Upscale by) must be a number above 0, at most 8; got {self.hr_scale!r}")
+        _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
+        _check_int("hr_resize_x", self.hr_resize_x, 0, MAX_SIDE)
+        _check_int("hr_resize_y", self.hr_resize_y, 0, MAX_SIDE)
+        for name in ("hr_prompt", "hr_negative_prompt"):
+            if not isinstance(getattr(self, name), str):
+                raise ParamsError(f"{name} must be text; got {type(getattr(self, name)).__name__}")
+        if self.hr_upscaler is not None and self.hr_upscaler not in hires.UPSCALERS:
+            raise ParamsError(f"hr_upscaler {self.hr_upscaler!r} is not available here; use one of: "
+                              f"{', '.join(hires.UPSCALERS)}")
+        try:
+            samplers.split_sampler_and_schedule(self.hr_sampler_name or self.sampler_name,
+                                                self.hr_scheduler or self.scheduler)
+        except samplers.SamplerError as e:
+            raise ParamsError(f"hires pass: {e}") from None
+        target = hires.target_size(self)
+        for name, value in (("width", target.width), ("height", target.height)):
+            if not MIN_SIDE <= value <= MAX_SIDE:
+                raise ParamsError(f"the hires pass would make the {name} {value} pixels; it must be from {MIN_SIDE} "
+                                  f"to {MAX_SIDE}: change Upscale by (hr_scale) or Resize width/height to")
 
     @property
     def image_count(self) -> int:

@@ -88,6 +88,8 @@ class SamplerInfo:
         return opts
 
 
+LMS_ORDER = 4  # k-diffusion's sample_lms default, which A1111 uses
+
 _K_SCHEDULES = ("Uniform", "Karras", "Exponential", "Beta")
 _LINSPACE = {"timestep_spacing": "linspace"}
 _DPMPP = {**_LINSPACE, "algorithm_type": "dpmsolver++", "solver_order": 2, "final_sigmas_type": "zero"}
@@ -215,6 +217,7 @@ class SamplerRun:
     scheduler: object
     generators: list[torch.Generator]
     seeds: list[int]
+    begin: int = 0  # index of the first timestep run: > 0 when an img2img pass skips the schedule's start
     _tree: object = None
 
     def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
@@ -225,20 +228,47 @@ class SamplerRun:
             return noise * (sigma / torch.sqrt(sigma * sigma + 1.0))
         return noise * self.scheduler.init_noise_sigma
 
+    def start_from(self, init: torch.Tensor, noise: torch.Tensor, skip: int) -> torch.Tensor:
+        """img2img (the hires pass): the run begins at step ``skip`` of the schedule, from ``init`` latents with
+        unit-variance ``noise`` added at that step's level (call after set_timesteps).
+
+        This is A1111's ``x + noise·σ`` at the first sigma run, in each scheduler's own form (``add_noise``
+        gives the variance-preserving one for DPM-Solver and the timestep samplers). A1111's Brownian tree spans
+        the sigmas it runs, so the SDE samplers' trees are made over those, not the whole schedule.
+        """
+        from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
+
+        scheduler = self.scheduler
+        self.begin = skip * scheduler.order  # second-order schedulers list each step's timesteps twice
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(self.begin)
+        latents = scheduler.add_noise(init.to(torch.float32), noise.to(torch.float32),
+                                      scheduler.timesteps[self.begin:self.begin + 1])
+        if self.sampler.brownian and getattr(scheduler, "noise_sampler_seed", None) is not None:
+            sigmas = scheduler.sigmas[self.begin:]  # diffusers' DPM++ SDE would span the whole schedule
+            positive = sigmas[sigmas > 0]
+            scheduler.noise_sampler = BrownianTreeNoiseSampler(latents, positive.min().item(), sigmas.max().item(),
+                                                               scheduler.noise_sampler_seed)
+        return latents
+
     def step_kwargs(self, index: int, latents: torch.Tensor) -> dict[str, object]:
-        """Extra arguments of ``scheduler.step`` for step ``index`` (its noise)."""
+        """Extra arguments of ``scheduler.step`` for step ``index`` of the run (its noise)."""
         accepted = set(inspect.signature(self.scheduler.step).parameters)
         if self.sampler.brownian and "variance_noise" in accepted:
-            return {"variance_noise": self._brownian_noise(index, latents)}
-        return {"generator": self.generators} if "generator" in accepted else {}
+            return {"variance_noise": self._brownian_noise(self.begin + index, latents)}
+        kwargs: dict[str, object] = {"generator": self.generators} if "generator" in accepted else {}
+        if self.begin and "order" in accepted:  # LMS: diffusers caps its order by the schedule index, k-diffusion
+            kwargs["order"] = min(index + 1, LMS_ORDER)  # (and A1111) by the steps run: only those have derivatives
+        return kwargs
 
     def _brownian_noise(self, index: int, latents: torch.Tensor) -> torch.Tensor:
         from diffusers.schedulers.scheduling_dpmsolver_sde import BrownianTreeNoiseSampler
 
         sigmas = self.scheduler.sigmas.to(device=latents.device, dtype=torch.float32)
         if self._tree is None:
-            positive = sigmas[sigmas > 0]
-            self._tree = BrownianTreeNoiseSampler(latents, positive.min(), positive.max(), seed=list(self.seeds))
+            run = sigmas[self.begin:]
+            positive = run[run > 0]
+            self._tree = BrownianTreeNoiseSampler(latents, positive.min(), run.max(), seed=list(self.seeds))
         sigma, sigma_next = sigmas[index], sigmas[index + 1]
         if sigma_next <= 0:  # the last step adds no noise
             return torch.zeros_like(latents)

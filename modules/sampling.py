@@ -74,15 +74,18 @@ class Guidance:
 
 @torch.no_grad()
 def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidance: Guidance, steps: int,
-            callback: StepCallback | None = None) -> torch.Tensor:
+            callback: StepCallback | None = None, init: torch.Tensor | None = None, skip: int = 0) -> torch.Tensor:
     """Run the sampler from unit-variance ``noise`` (B, 4, h, w) and return the final latents in fp32.
 
-    Latents stay fp32 between steps (the scheduler's arithmetic), the UNet runs in its own dtype.
+    With ``init`` latents (img2img, the hires pass) the schedule still has ``steps`` steps but its first
+    ``skip`` are not run: the sampler starts from ``init`` noised to the level of step ``skip``. Prompt-editing
+    steps count from the first step run, as in A1111. Latents stay fp32 between steps (the scheduler's
+    arithmetic), the UNet runs in its own dtype.
     """
     scheduler = run.scheduler
     scheduler.set_timesteps(steps, device=noise.device)
-    timesteps = scheduler.timesteps
-    latents = run.initial_latents(noise)
+    latents = run.initial_latents(noise) if init is None else run.start_from(init, noise, skip)
+    timesteps = scheduler.timesteps[run.begin:]
     dtype = next(unet.parameters()).dtype  # not unet.dtype: diffusers walks every submodule for that
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
@@ -148,3 +151,26 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor, tiled: bool = False) -> 
         if tiled:
             vae.disable_tiling()
     return Decoded(images, nan_found)
+
+
+@torch.no_grad()
+def encode(vae: torch.nn.Module, images: list[Image.Image], tiled: bool = False) -> torch.Tensor:
+    """RGB pictures (all one size) → latents ``(B, 4, h, w)`` in fp32, scaled as the UNet sees them.
+
+    The VAE's posterior mean is used. A1111 draws a sample from the posterior, whose spread for SD's VAE is
+    orders of magnitude below the mean's precision in fp16; the mean keeps a hires pass reproducible.
+    """
+    parameter = next(vae.parameters())
+    if tiled:
+        vae.enable_tiling()
+    try:
+        latents = []
+        for image in images:
+            pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
+            x = (pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0).to(device=parameter.device, dtype=parameter.dtype)
+            latents.append(vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor)
+    finally:
+        if tiled:
+            vae.disable_tiling()
+    return torch.cat(latents)
+

@@ -58,6 +58,13 @@ class JobState:
             self.sampling_step = 0
             self.skipped = False
 
+    def next_pass(self) -> None:
+        """The batch's first pass is done and its hires pass follows: one more of ``job_count``, as in A1111.
+        A skip sent during the first pass still applies (it skips the whole batch)."""
+        with self._lock:
+            self.job_no += 1
+            self.sampling_step = 0
+
     def set_step(self, step: int, steps: int) -> None:
         with self._lock:
             self.sampling_step, self.sampling_steps = step, steps

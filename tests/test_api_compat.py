@@ -88,7 +88,8 @@ def test_webuiapi_client_against_the_live_server(server: Server) -> None:
     assert info.info == text and info.json["parameters"]["Prompt"] == "a cat <lora:ink_style:0.8>"
     assert client.interrupt() is None and client.skip() is None  # nothing running: no effect, no error
     assert client.get_memory()["cuda"] == {"error": "unavailable"} or "system" in client.get_memory()["cuda"]
-    assert client.get_upscalers() == [] and client.get_scripts() == {"txt2img": [], "img2img": []}
+    assert [u["name"] for u in client.get_upscalers()] == ["None", "Lanczos", "Nearest"]
+    assert client.get_scripts() == {"txt2img": [], "img2img": []}
 
 
 def test_memory_extensions_and_empty_lists(server: Server) -> None:
@@ -97,7 +98,7 @@ def test_memory_extensions_and_empty_lists(server: Server) -> None:
     assert set(memory["cuda"]) in ({"error"}, {"system", "active", "allocated", "reserved", "inactive", "events"})
     assert requests.get(server.api("extensions"), timeout=30).json() == [
         {"name": "Lora", "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": 0, "enabled": True}]
-    for route in ("script-info", "upscalers", "latent-upscale-modes", "face-restorers", "realesrgan-models"):
+    for route in ("script-info", "face-restorers", "realesrgan-models"):
         assert requests.get(server.api(route), timeout=30).json() == [], route
 
 
@@ -310,3 +311,51 @@ def test_seed_resize_fields_are_used(server: Server) -> None:
     assert "Seed resize from: 128x96" in info["infotexts"][0]
     assert "Seed resize from" not in json.loads(off["info"])["infotexts"][0]
     assert not np.array_equal(pixels(on["images"][0]), pixels(off["images"][0]))
+
+
+def test_hires_fix_through_the_webuiapi_client_and_infotext_replay(server: Server) -> None:
+    """Hires. fix over the API as the PyPI client sends it: the image comes out at the hires size, with A1111's
+    infotext fields and ``info``; the infotext alone reproduces the same pixels; a LoRA named only in the hires
+    prompt changes the second pass and its hash joins the infotext."""
+    import webuiapi
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]))
+    result = client.txt2img(prompt="a lighthouse", seed=21, enable_hr=True, hr_scale=2,
+                            hr_upscaler=webuiapi.HiResUpscaler.Latent, denoising_strength=0.55, **SMALL)
+    assert result.image.size == (128, 128)
+    info, text = result.info, result.info["infotexts"][0]
+    assert "hr" not in info["comments"] and "hires" not in info["comments"]  # (webuiapi also sends eta, s_churn...)
+    assert info["denoising_strength"] == 0.55 and (info["width"], info["height"]) == (64, 64)
+    # hr_scale is a float field (as A1111's), so the API's 2 is written 2.0; the page's 2 stays 2
+    assert "Size: 64x64" in text and "Denoising strength: 0.55, Hires upscale: 2.0, Hires upscaler: Latent" in text
+    first_pass = client.txt2img(prompt="a lighthouse", seed=21, **SMALL).image
+    assert first_pass.size == (64, 64)
+
+    replay = post(server, "txt2img", {"infotext": text}).json()
+    assert json.loads(replay["info"])["infotexts"][0] == text
+    assert np.array_equal(pixels(replay["images"][0]), np.asarray(result.image.convert("RGB")).astype(np.int16))
+
+    with_lora = post(server, "txt2img", {**SMALL, "prompt": "a lighthouse", "seed": 21, "enable_hr": True,
+                                         "hr_scale": 2, "denoising_strength": 0.55,
+                                         "hr_prompt": "a lighthouse <lora:ink_style:1>"}).json()
+    lora_text = json.loads(with_lora["info"])["infotexts"][0]
+    assert 'Hires prompt: "a lighthouse <lora:ink_style:1>"' in lora_text and 'Lora hashes: "ink_style: ' in lora_text
+    assert np.abs(pixels(with_lora["images"][0]) - np.asarray(result.image.convert("RGB")).astype(np.int16)).max() > 10
+
+
+def test_hires_sizes_legacy_first_pass_and_unsupported_checkpoint(server: Server) -> None:
+    """``hr_resize_x/y`` crop to the asked size; the old API's ``firstphase_width/height`` is the first pass;
+    ``hr_checkpoint_name`` is reported as not supported (the job's checkpoint does both passes)."""
+    both = post(server, "txt2img", {**SMALL, "width": 64, "height": 96, "enable_hr": True, "hr_resize_x": 128,
+                                    "hr_resize_y": 128, "hr_upscaler": "Nearest", "hr_second_pass_steps": 2}).json()
+    assert Image.open(io.BytesIO(base64.b64decode(both["images"][0]))).size == (128, 128)
+    text = json.loads(both["info"])["infotexts"][0]
+    assert "Hires resize: 128x128, Hires steps: 2, Hires upscaler: Nearest" in text and "Size: 64x96" in text
+    legacy = post(server, "txt2img", {**SMALL, "width": 256, "height": 256, "enable_hr": True,
+                                      "firstphase_width": 64, "firstphase_height": 64,
+                                      "hr_checkpoint_name": "second"}).json()
+    info = json.loads(legacy["info"])
+    assert Image.open(io.BytesIO(base64.b64decode(legacy["images"][0]))).size == (128, 128)
+    assert "Size: 64x64" in info["infotexts"][0] and "hr_checkpoint_name: another checkpoint" in info["comments"]
+    modes = requests.get(server.api("latent-upscale-modes"), timeout=30).json()
+    assert [m["name"] for m in modes][:2] == ["Latent", "Latent (antialiased)"] and len(modes) == 6

@@ -140,6 +140,10 @@ def test_models_and_option_switch(api_server: Server) -> None:
     ({**SMALL, "steps": 0}, 422, "steps must be from 1"),
     ({**SMALL, "sampler_name": "Nope"}, 422, "unknown sampler 'Nope'"),
     ({**SMALL, "steps": "many"}, 422, "steps"),
+    ({**SMALL, "enable_hr": True, "hr_upscaler": "4x-UltraSharp"}, 422, "Latent (antialiased), Latent (bicubic)"),
+    ({**SMALL, "enable_hr": True, "hr_scale": 100}, 422, "hr_scale"),
+    ({**SMALL, "enable_hr": True, "hr_resize_x": 4096, "hr_resize_y": 8}, 422, "the hires pass would make"),
+    ({**SMALL, "enable_hr": True, "denoising_strength": 1.5}, 422, "denoising_strength must be from 0 to 1"),
     ({**SMALL, "override_settings": {"sd_model_checkpoint": "ghost"}}, 404, "'ghost' not found"),
 ])
 def test_bad_requests_get_a1111_error_json_and_the_server_keeps_serving(api_server: Server, payload: dict,

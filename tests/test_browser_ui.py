@@ -323,22 +323,59 @@ def test_png_info_round_trip_restores_every_field(browser, server: Server, artif
         with Image.open(png) as a, Image.open(BytesIO(gallery_png(page))) as b:
             assert a.tobytes() == b.tobytes()
 
+        def send_infotext(name: str, text: str, shown: str) -> None:
+            """Drop an 8x8 PNG carrying ``text`` on PNG Info, wait for ``shown`` there, send it to txt2img."""
+            path = tmp_path / name
+            info = PngImagePlugin.PngInfo()
+            info.add_text("parameters", text)
+            Image.new("RGB", (8, 8)).save(path, pnginfo=info)
+            page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
+            page.locator("#pnginfo_image button[aria-label='Remove Image']").click()
+            page.locator("#pnginfo_image input[type=file]").set_input_files(str(path))
+            sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile(shown))
+            page.locator("#pnginfo_send_to_txt2img").click()
+
         # settings an infotext overrides appear as "Override settings"
-        extra = tmp_path / "overrides.png"
-        info = PngImagePlugin.PngInfo()
-        info.add_text("parameters", "x\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x64, RNG: CPU, ENSD: 31337")
-        Image.new("RGB", (8, 8)).save(extra, pnginfo=info)
-        page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
-        page.locator("#pnginfo_image button[aria-label='Remove Image']").click()
-        page.locator("#pnginfo_image input[type=file]").set_input_files(str(extra))
-        sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile("RNG: CPU"))
-        page.locator("#pnginfo_send_to_txt2img").click()
+        send_infotext("overrides.png", "x\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x64, RNG: CPU, ENSD: 31337",
+                      "RNG: CPU")
         overrides = page.locator("#txt2img_override_settings")
         sync_api.expect(overrides).to_contain_text("RNG: CPU")
         sync_api.expect(overrides).to_contain_text("ENSD: 31337")
         assert text_of(page, "txt2img_sampling") == "Euler" and number(page, "txt2img_clip_skip") == 1
+
+        # a hires infotext turns Hires. fix on, opens it and fills it
+        send_infotext("hires.png", "x\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x96, Denoising strength: 0.45, "
+                                   "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos", "Hires upscale")
+        sync_api.expect(page.locator("#txt2img_hr-checkbox input[type=checkbox]")).to_be_checked()
+        sync_api.expect(page.locator("#txt2img_hr_finalres")).to_have_text("from 64x96 to 96x144")
+        assert text_of(page, "txt2img_hr_upscaler") == "Lanczos"
+        assert {k: number(page, k) for k in ("txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hires_steps")} \
+            == {"txt2img_denoising_strength": 0.45, "txt2img_hr_scale": 1.5, "txt2img_hires_steps": 2}
+        shot(page, artifacts, "07b-hires-sent-to-txt2img")
     finally:
         page.context.close()
+
+
+def test_hires_fix_makes_the_image_at_the_upscaled_size(page, artifacts: Path) -> None:
+    """Opening "Hires. fix" turns it on (as in A1111); the image comes out at the "to WxH" size shown, and the
+    infotext names the hires fields the page sent."""
+    page.locator("#txt2img_prompt textarea").fill("a red circle on a blue background")
+    set_numbers(page, {**SMALL, "txt2img_seed": 77})
+    checkbox = page.locator("#txt2img_hr-checkbox input[type=checkbox]")
+    page.locator("#txt2img_hr .label-wrap").first.click()  # closed, its controls are not on the page yet
+    sync_api.expect(checkbox).to_be_checked()
+    set_numbers(page, {"txt2img_hires_steps": 3, "txt2img_hr_scale": 2})
+    sync_api.expect(page.locator("#txt2img_hr_finalres")).to_have_text("from 64x64 to 128x128")
+    text = generate(page)
+    with Image.open(BytesIO(gallery_png(page))) as image:
+        assert image.size == (128, 128)
+        assert infotext.read_from_image(image) == text
+    assert "Size: 64x64," in text and "Denoising strength: 0.7," in text, text
+    assert "Hires upscale: 2," in text and "Hires steps: 3," in text and "Hires upscaler: Latent" in text, text
+    shot(page, artifacts, "05c-hires-fix")
+    page.locator("#txt2img_hr .label-wrap").first.click()  # closing it turns it off again
+    sync_api.expect(checkbox).not_to_be_checked()
+    sync_api.expect(page.locator("#txt2img_hr_finalres")).to_have_text("")
 
 
 def _png_text(path: Path) -> str:

@@ -393,3 +393,68 @@ def test_timestep_sampler_schedule_is_a1111s_shifted_by_one(env: Env, kind: str,
         assert ours == a1111_evaluated + [1]
     else:
         assert len(a1111_evaluated) == steps and ours != a1111_evaluated
+
+
+# ------------------------------------------------------------------- img2img: the hires pass's mid-schedule start
+
+HIRES_STEPS, HIRES_STRENGTH = 5, 0.6  # A1111: a schedule of int(5 / 0.6) = 8 steps whose last 5 run
+IMG2IMG_CASES = [  # bounds: measured × ~3
+    Case("Euler", "Uniform", "sample_euler"),
+    Case("Euler", "Karras", "sample_euler"),
+    Case("Euler a", "Uniform", "sample_euler_ancestral"),
+    Case("LMS", "Karras", "sample_lms"),
+    Case("Heun", "Uniform", "sample_heun"),
+    Case("DPM++ 2M", "Karras", "sample_dpmpp_2m", bound=2e-3, why=_T_ROUND),
+    Case("DPM++ SDE", "Karras", "sample_dpmpp_sde", brownian=True, bound=2e-3,
+         why="float64 vs float32 Karras sigmas under rough Brownian-tree noise (as in txt2img)"),
+    Case("DPM++ 2M SDE", "Karras", "sample_dpmpp_2m_sde", brownian=True, bound=5e-3,
+         why=f"{_BROWNIAN}; {_T_ROUND}"),
+]
+
+
+def init_latents() -> torch.Tensor:
+    """Stand-ins for an upscaled first pass: smooth, of the size real latents have (about ±3)."""
+    generator = torch.Generator().manual_seed(42)
+    coarse = torch.randn((len(SEEDS), SHAPE[0], 4, 4), generator=generator) * 2.0
+    return torch.nn.functional.interpolate(coarse, size=SHAPE[1:], mode="bilinear")
+
+
+@pytest.mark.parametrize("case", IMG2IMG_CASES, ids=str)
+def test_img2img_start_against_a1111_kdiffusion(env: Env, case: Case) -> None:
+    """The hires pass as A1111 runs it (``sample_img2img`` with ``steps`` given): sigmas for
+    ``int(steps / strength)`` steps, of which the last ``steps`` run, from ``init + noise · σ_start``, with the
+    Brownian tree over the sigmas that run. Ours: ``hires.step_plan`` + ``sampling.denoise(init=, skip=)``."""
+    from modules import hires
+
+    plan = hires.step_plan(HIRES_STEPS, HIRES_STRENGTH)
+    assert (plan.total, plan.skip) == (8, 3)
+    init = init_latents()
+    sampler, label = samplers.split_sampler_and_schedule(case.sampler, case.schedule)
+    noise, generators = rng.initial_noise(SHAPE, SEEDS, SEEDS, 0.0, torch.device("cpu"))
+    run = samplers.create_run(sampler, label, env.base, SEEDS, generators)
+    guidance = sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE)
+    calls = []
+    ours = sampling.denoise(env.unet, run, noise, guidance, plan.total, init=init, skip=plan.skip,
+                            callback=lambda step, total, latents: calls.append(total) and False)
+    calls_expected = 2 * HIRES_STEPS - 1 if sampler.second_order else HIRES_STEPS  # (Heun's last step: one call)
+    assert len(calls) == calls[0] == calls_expected
+
+    model = env.external.CompVisDenoiser(CompVisModel(env.unet, ldm_alphas_cumprod(env.base)))
+    sigmas = a1111_sigmas(env, model, case.schedule, plan.total, discard=False)
+    sigma_sched = sigmas[plan.total - (HIRES_STEPS - 1) - 1:]  # A1111: sigmas[steps - t_enc - 1:], t_enc = steps - 1
+    assert len(sigma_sched) == HIRES_STEPS + 1
+    noise_ref, generators_ref = a1111_noise()
+    reference = run_kdiffusion(env, case.function, sigma_sched, model, init + noise_ref * sigma_sched[0],
+                               generators_ref, case.brownian)
+    diff, rel = relative_error(ours, reference)
+    print(f"\nimg2img {case}: vs A1111/k-diffusion max abs {diff:.3e}, relative {rel:.3e}")
+    if case.bound is None:
+        assert rel < TIGHT, f"img2img {case} no longer reproduces A1111: relative error {rel:.2e}"
+    else:
+        assert TIGHT < rel < case.bound, f"img2img {case}: relative error {rel:.2e} outside ({TIGHT}, {case.bound})"
+
+    # and it is a real mid-schedule start: the same run from the schedule's top lands elsewhere
+    noise, generators = rng.initial_noise(SHAPE, SEEDS, SEEDS, 0.0, torch.device("cpu"))
+    full = sampling.denoise(env.unet, samplers.create_run(sampler, label, env.base, SEEDS, generators), noise,
+                            sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE), plan.total, init=init, skip=0)
+    assert relative_error(full, reference)[1] > 10 * max(rel, TIGHT)

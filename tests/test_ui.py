@@ -7,6 +7,7 @@ directly on an :class:`AppState` over the tiny model, and once through the runni
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import gradio as gr
@@ -14,13 +15,23 @@ import pytest
 from PIL import Image
 
 from conftest import install_checkpoint
-from modules import infotext
+from modules import hires, infotext
 from modules.processing_params import GenerationParams
 from modules.ui import common, png_info, progress, results, settings, style_editor, txt2img
 
 FULL = ("a blue square, (soft:1.2)\nNegative prompt: blurry\nSteps: 6, Sampler: Euler, Schedule type: Exponential, "
         "CFG scale: 5.5, Seed: 31337, Size: 72x64, Model hash: {hash}, Model: tiny, Variation seed: 17, "
         "Variation seed strength: 0.25, Clip skip: 2, RNG: CPU, ENSD: 31337, Emphasis: No norm, Version: v1.10.1")
+
+# what an infotext without hires fields pastes: Hires. fix off, and the fields A1111's parse fills back to defaults
+HIRES_OFF = {"enable_hr": False, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler": "Use same sampler",
+             "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative_prompt": ""}
+# as A1111 1.10 writes a hires job from its page (hires sampler, schedule and prompts changed)
+HIRES = ("a red circle\nNegative prompt: blurry\nSteps: 8, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, "
+         "Seed: 5, Size: 512x768, Model hash: 0123456789, Model: tiny, Denoising strength: 0.45, "
+         "Hires sampler: DPM++ 2M, Hires prompt: \"a red circle, detailed\", Hires negative prompt: noisy, "
+         "Hires upscale: 1.5, Hires steps: 12, Hires upscaler: Latent (nearest-exact), Hires schedule type: Karras, "
+         "Version: v1.10.1")
 
 
 def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
@@ -30,7 +41,8 @@ def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
     assert paste.values == {"prompt": "a blue square, (soft:1.2)", "negative": "blurry", "steps": 6, "cfg_scale": 5.5,
                             "seed": 31337, "width": 72, "height": 64, "subseed": 17, "subseed_strength": 0.25,
                             "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential",
-                            "seed_resize_from_w": 0, "seed_resize_from_h": 0}  # absent: off, not left as it was
+                            "seed_resize_from_w": 0, "seed_resize_from_h": 0,  # absent: off, not left as it was
+                            **HIRES_OFF}
     assert paste.checkpoint == tiny
     assert sorted(paste.overrides) == ["ENSD: 31337", "Emphasis: No norm", "RNG: CPU"]
     assert not paste.warnings
@@ -60,6 +72,112 @@ def test_paste_of_old_and_foreign_infotexts(make_state) -> None:
     assert "sampler" not in odd.values and len(odd.warnings) == 2
     with pytest.raises(ValueError, match="known setting"):
         png_info.parse_overrides(["Nonsense: 3"])
+
+
+def test_paste_of_a_hires_infotext_fills_every_hires_control_and_turns_it_on(make_state) -> None:
+    state = make_state(load=False)
+    paste = png_info.paste_values(state, HIRES)
+    assert {k: paste.values[k] for k in ("sampler", "schedule", "width", "height")} == {
+        "sampler": "Euler a", "schedule": "Automatic", "width": 512, "height": 768}
+    assert {k: v for k, v in paste.values.items() if k.startswith(("hr_", "enable_hr", "denoising"))} == {
+        "enable_hr": True, "denoising_strength": 0.45, "hr_scale": 1.5, "hr_upscaler": "Latent (nearest-exact)",
+        "hr_second_pass_steps": 12, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler": "DPM++ 2M",
+        "hr_scheduler": "Karras", "hr_prompt": "a red circle, detailed", "hr_negative_prompt": "noisy"}
+    assert [w for w in paste.warnings if "Hires" in w] == []
+    assert set(txt2img.PASTE_TARGETS) >= set(paste.values)  # every pasted value has a control to go to
+
+    resized = png_info.paste_values(state, "x\nSteps: 3, Sampler: Euler, Seed: 2, Size: 64x64, "
+                                           "Denoising strength: 0.7, Hires resize: 128x96, Hires sampler: Euler, "
+                                           "Hires schedule type: Automatic")
+    assert resized.values["enable_hr"] is True
+    assert (resized.values["hr_resize_x"], resized.values["hr_resize_y"]) == (128, 96)
+    # the same sampler/schedule as the first pass is A1111's "Use same ..."
+    assert (resized.values["hr_sampler"], resized.values["hr_scheduler"]) == ("Use same sampler",
+                                                                              "Use same scheduler")
+    assert "hr_scale" not in resized.values and "hr_upscaler" not in resized.values  # absent: left as they are
+
+    odd = png_info.paste_values(state, "x\nSteps: 3, Sampler: Euler, Seed: 2, Size: 64x64, Denoising strength: 0.7, "
+                                       "Hires upscale: 2, Hires upscaler: 4x-UltraSharp, Hires checkpoint: other, "
+                                       "Hires sampler: Nonesuch")
+    assert odd.values["enable_hr"] is True and odd.values["hr_scale"] == 2
+    assert "hr_upscaler" not in odd.values and "hr_sampler" not in odd.values
+    assert sorted(w.split(":")[0] for w in odd.warnings) == ["Hires checkpoint", "Hires sampler", "Hires upscaler"]
+
+
+def test_paste_without_hires_fields_turns_hires_off(make_state) -> None:
+    state = make_state(load=False)
+    plain = png_info.paste_values(state, "x\nSteps: 3, Sampler: Euler, Seed: 2, Size: 64x64")
+    assert {k: plain.values[k] for k in HIRES_OFF} == HIRES_OFF
+    assert "denoising_strength" not in plain.values and "hr_scale" not in plain.values
+    # an upscale without a denoising strength is not a hires job either (A1111's rule needs both)
+    upscale_only = png_info.paste_values(state, "x\nSteps: 3, Seed: 2, Size: 64x64, Hires upscale: 2")
+    assert upscale_only.values["enable_hr"] is False
+
+
+def test_build_params_sends_the_hires_controls(make_state) -> None:
+    state = make_state(load=False)
+    base = ("a", "", [], "Euler a", "Automatic", 20, 512, 768, 1, 1, 7, 3, -1, 0, 1, [], 0, 0)
+    params = txt2img.build_params(state, *base, True, 0.45, 2.0, "Latent (nearest-exact)", 12.0, 0, 0,
+                                  "Use same sampler", "Use same scheduler", "", "")
+    assert params.enable_hr is True and params.denoising_strength == 0.45
+    assert params.hr_scale == 2 and isinstance(params.hr_scale, int)  # "Hires upscale: 2", as A1111's page writes
+    assert (params.hr_upscaler, params.hr_second_pass_steps) == ("Latent (nearest-exact)", 12)
+    assert (params.hr_sampler_name, params.hr_scheduler, params.hr_prompt, params.hr_negative_prompt) == (
+        None, None, "", "")
+    other = txt2img.build_params(state, *base, True, 0.7, 1.5, "Lanczos", 0, 1024, 0, "Euler", "Karras", "sharp",
+                                 "soft")
+    assert (other.hr_scale, other.hr_resize_x, other.hr_resize_y) == (1.5, 1024, 0)
+    assert (other.hr_sampler_name, other.hr_scheduler, other.hr_prompt, other.hr_negative_prompt) == (
+        "Euler", "Karras", "sharp", "soft")
+    assert txt2img.build_params(state, *base).enable_hr is False  # callers that predate hires: off
+    with pytest.raises(gr.Error, match="denoising_strength"):
+        txt2img.build_params(state, *base, True, 1.5, 2, "Latent", 0, 0, 0, "Use same sampler", "Use same scheduler",
+                             "", "")
+    with pytest.raises(gr.Error, match="hr_upscaler"):
+        txt2img.build_params(state, *base, True, 0.7, 2, "R-ESRGAN 4x+", 0, 0, 0, "Use same sampler",
+                             "Use same scheduler", "", "")
+
+
+def test_hires_final_resolution_text() -> None:
+    """A1111's numbers: int(side * scale) rounded down to 8, or the asked resize (the other side by aspect)."""
+    def sizes(*args: float) -> str:
+        return re.sub(r"<[^>]+>", "", txt2img.hires_resolution(True, *args))
+
+    assert sizes(512, 512, 2, 0, 0) == "from 512x512 to 1024x1024"
+    assert sizes(512, 768, 2, 1024, 0) == "from 512x768 to 1024x1536"
+    assert sizes(512, 768, 2, 0, 1024) == "from 512x768 to 680x1024"  # 1024 * 512 // 768 = 682 -> 680
+    assert sizes(512, 768, 2, 1024, 1024) == "from 512x768 to 1024x1024"  # both: cropped to the asked size
+    assert sizes(520, 512, 1.05, 0, 0) == "from 520x512 to 544x536"  # int(546.0) -> 544, int(537.6) -> 536
+    assert "<span class='resolution'>1024x1024</span>" in txt2img.hires_resolution(True, 512, 512, 2, 0, 0)
+    assert txt2img.hires_resolution(False, 512, 512, 2, 0, 0) == ""  # A1111 shows nothing while it is off
+
+
+def test_the_page_has_the_hires_controls_with_a1111_defaults(make_state) -> None:
+    state = make_state(load=False)
+    demo = txt2img.create_ui(state)
+    blocks = {b.elem_id: b for b in demo.blocks.values() if b.elem_id}
+    expected = {"txt2img_hr_upscaler": ("Upscaler", "Latent"), "txt2img_hires_steps": ("Hires steps", 0),
+                "txt2img_denoising_strength": ("Denoising strength", 0.7), "txt2img_hr_scale": ("Upscale by", 2.0),
+                "txt2img_hr_resize_x": ("Resize width to", 0), "txt2img_hr_resize_y": ("Resize height to", 0),
+                "hr_sampler": ("Hires sampling method", "Use same sampler"),
+                "hr_scheduler": ("Hires schedule type", "Use same scheduler"), "hires_prompt": ("Hires prompt", ""),
+                "hires_neg_prompt": ("Hires negative prompt", ""), "txt2img_hr-checkbox": ("Hires. fix", False)}
+    assert {k: (blocks[k].label, blocks[k].value) for k in expected} == expected
+    assert blocks["txt2img_hr"].open is False and blocks["txt2img_hr"].label == "Hires. fix"
+    assert blocks["txt2img_hr_finalres"].value == ""
+    scale, steps = blocks["txt2img_hr_scale"], blocks["txt2img_hires_steps"]
+    assert (scale.minimum, scale.maximum, scale.step, steps.minimum, steps.maximum) == (1, 4, 0.05, 0, 150)
+    assert [c[0] for c in blocks["txt2img_hr_upscaler"].choices] == list(hires.UPSCALERS)
+    assert [c[0] for c in blocks["hr_sampler"].choices][:2] == ["Use same sampler", "DPM++ 2M"]
+    # A1111's order: sampler and steps, the Hires. fix accordion, then width/height, then CFG scale
+    order = [c["props"].get("elem_id") for c in demo.config["components"]]
+    assert order.index("txt2img_steps") < order.index("txt2img_hr") < order.index("txt2img_width") < \
+        order.index("txt2img_cfg_scale")
+    [generate] = [d for d in demo.config["dependencies"] if d.get("api_name") == "txt2img"]
+    assert generate["inputs"][-11:] == [blocks[i]._id for i in (
+        "txt2img_hr-checkbox", "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_upscaler",
+        "txt2img_hires_steps", "txt2img_hr_resize_x", "txt2img_hr_resize_y", "hr_sampler", "hr_scheduler",
+        "hires_prompt", "hires_neg_prompt")]
 
 
 def test_clamp_keeps_slider_values_in_range() -> None:

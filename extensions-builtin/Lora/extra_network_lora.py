@@ -128,7 +128,10 @@ class ExtraNetworkLora:
         for component, networks in wanted.items():
             model.patchers[component].reconcile(networks)
         if hashes and ctx.opts.get("lora_add_hashes_to_infotext", True):
-            ctx.infotext["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in hashes.items())
+            # a hires pass's context starts with the first pass's fields: A1111 keeps those hashes and adds these
+            known = dict(item.split(": ", 1) for item in ctx.infotext["Lora hashes"].split(", ")) \
+                if ctx.infotext.get("Lora hashes") else {}
+            ctx.infotext["Lora hashes"] = ", ".join(f"{k}: {v}" for k, v in {**known, **hashes}.items())
 
     def deactivate(self, ctx: ActivationContext) -> None:
         """Nothing to undo: the weights stay merged until the next job reconciles them (A1111's behaviour)."""

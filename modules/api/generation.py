@@ -27,9 +27,12 @@ from modules.processing_params import GenerationParams, ParamsError
 from modules.state import AppState
 
 MAX_TASK_ID = 256
+_NO_CHECKPOINT = ("", None, "Use same checkpoint")
+_SAME = ("", None, "Use same sampler", "Use same scheduler")  # the page's "same as the first pass" entries
 #: (field, predicate on its value, what to say): accepted A1111 fields this server does not act on.
 UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
-    ("enable_hr", lambda v: bool(v), "hires fix is not supported yet; the image was made at the first-pass size"),
+    ("hr_checkpoint_name", lambda v: v not in _NO_CHECKPOINT,
+     "another checkpoint for the hires pass is not supported; it used the job's checkpoint"),
     ("restore_faces", lambda v: bool(v), "face restoration is not supported"),
     ("tiling", lambda v: bool(v), "tiling is not supported"),
     ("eta", lambda v: v is not None, "eta is not supported (the sampler's default is used)"),
@@ -41,7 +44,6 @@ UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("refiner_checkpoint", lambda v: bool(v), "the refiner is not supported"),
     ("disable_extra_networks", lambda v: bool(v), "disable_extra_networks is not supported; networks were applied"),
 )
-_NO_CHECKPOINT = ("", None, "Use same checkpoint")
 
 
 def encode_png(image: Image.Image, text: str | None) -> str:
@@ -64,15 +66,27 @@ def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParam
     if request.script_name or request.alwayson_scripts:
         names = [request.script_name] if request.script_name else []
         comments.append(f"scripts are not supported: {', '.join(names + [str(k) for k in request.alwayson_scripts])}")
+    width, height = request.width, request.height
+    if request.enable_hr and (request.firstphase_width or request.firstphase_height):
+        # the pre-1.0 API's first-pass size; A1111 now sizes the hires pass with hr_scale or hr_resize_x/y
+        width, height = request.firstphase_width or width, request.firstphase_height or height
     params = GenerationParams(
         prompt=request.prompt, negative_prompt=request.negative_prompt, steps=request.steps,
         sampler_name=request.sampler_name or request.sampler_index, scheduler=request.scheduler or "Automatic",
-        cfg_scale=request.cfg_scale, width=request.width, height=request.height, seed=request.seed,
+        cfg_scale=request.cfg_scale, width=width, height=height, seed=request.seed,
         subseed=request.subseed, subseed_strength=request.subseed_strength,
         seed_resize_from_w=request.seed_resize_from_w, seed_resize_from_h=request.seed_resize_from_h,
         batch_size=request.batch_size,
         n_iter=request.n_iter, save_images=request.save_images and not request.do_not_save_samples,
         override_settings={k: v for k, v in overrides.items() if k in OPTIONS},
+        enable_hr=bool(request.enable_hr),
+        denoising_strength=0.75 if request.denoising_strength is None else request.denoising_strength,
+        hr_scale=request.hr_scale, hr_upscaler=request.hr_upscaler or None,
+        hr_second_pass_steps=request.hr_second_pass_steps, hr_resize_x=request.hr_resize_x,
+        hr_resize_y=request.hr_resize_y,
+        hr_sampler_name=None if request.hr_sampler_name in _SAME else request.hr_sampler_name,
+        hr_scheduler=None if request.hr_scheduler in _SAME else request.hr_scheduler,
+        hr_prompt=request.hr_prompt, hr_negative_prompt=request.hr_negative_prompt,
     )
     return params.validate(), comments
 
@@ -108,7 +122,8 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared
 def run_txt2img(state: AppState, params: GenerationParams) -> processing.Processed:
     """The job itself, on the queue's worker: embeddings named in the prompts are checked once they are listed."""
     resolve.refresh_embeddings(state)
-    resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt])
+    resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt] + (
+        [params.hr_prompt, params.hr_negative_prompt] if params.enable_hr else []))
     return processing.process(state, params)
 
 

@@ -1,8 +1,9 @@
 """Routes that list, refresh, configure and inspect: options, models, networks, styles, png-info, memory, ...
 
-Lists A1111 has but that this server has nothing for (upscalers, latent upscale modes, face restorers,
-RealESRGAN models, scripts, script-info) answer empty lists, so clients that fill their menus from them
-(webuiapi, bots, Krita/Photoshop plugins) keep working instead of failing on a 404.
+Upscalers are the hires fix's PIL ones (model-based upscalers need weights not shipped here) and its latent
+modes. Lists A1111 has but that this server has nothing for (face restorers, RealESRGAN models, scripts,
+script-info) answer empty lists, so clients that fill their menus from them (webuiapi, bots, Krita/Photoshop
+plugins) keep working instead of failing on a 404.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from modules import extensions, samplers, styles
+from modules import extensions, hires, samplers, styles
 from modules.api import models, paste, resolve
 from modules.api.safety import NameRefusedError
 from modules.options import OPTIONS
@@ -132,11 +133,12 @@ def _model_routes(router: APIRouter, state: AppState, run_job) -> None:
 
     @router.get("/upscalers", response_model=list[models.UpscalerItem])
     def upscalers() -> list[models.UpscalerItem]:
-        return []
+        # A1111 lists its PIL upscalers with UpscalerData's default scale 4 and no model
+        return [models.UpscalerItem(name=name, scale=4) for name in hires.IMAGE_UPSCALERS]
 
     @router.get("/latent-upscale-modes", response_model=list[models.LatentUpscalerModeItem])
     def latent_upscale_modes() -> list[models.LatentUpscalerModeItem]:
-        return []
+        return [models.LatentUpscalerModeItem(name=name) for name in hires.LATENT_MODES]
 
     @router.get("/face-restorers")
     def face_restorers() -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from modules import infotext, options, samplers
+from modules import hires, infotext, options, samplers
 from modules.sd_models import CheckpointInfo
 from modules.state import AppState
 
@@ -28,7 +28,15 @@ PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Batch size", "batch_size", int), ("Variation seed", "subseed", int),
     ("Variation seed strength", "subseed_strength", float), ("Clip skip", "clip_skip", int),
     ("Seed resize from-1", "seed_resize_from_w", int), ("Seed resize from-2", "seed_resize_from_h", int),
+    ("Denoising strength", "denoising_strength", float), ("Hires upscale", "hr_scale", float),
+    ("Hires steps", "hr_second_pass_steps", int), ("Hires resize-1", "hr_resize_x", int),
+    ("Hires resize-2", "hr_resize_y", int), ("Hires prompt", "hr_prompt", str),
+    ("Hires negative prompt", "hr_negative_prompt", str),
 )
+# the hires sampler/schedule dropdowns' first choice (A1111's words): the first pass's
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
+SAME_CHECKPOINT = "Use same checkpoint"
 # settings with their own control (or switched directly), so they are not offered as overrides
 NOT_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
 OPTION_TO_INFOTEXT = {key: label for label, key in infotext.INFOTEXT_TO_OPTION.items()}
@@ -57,6 +65,7 @@ def paste_values(state: AppState, text: str) -> Paste:
             except (TypeError, ValueError):
                 paste.warnings.append(f"{key}: {res[key]!r} is not a {convert.__name__}; left unchanged")
     _sampler(res, paste)
+    _hires(res, paste)
     _checkpoint(state, res, paste)
     current = state.opts.as_dict()
     for label, key in infotext.INFOTEXT_TO_OPTION.items():
@@ -82,28 +91,80 @@ def parse_overrides(entries: list[str] | None) -> dict[str, object]:
     return result
 
 
+def _find_sampler(name: str, schedule: str) -> tuple[str | None, str]:
+    """``(sampler name or None if unknown, schedule)``; a pre-1.9 name ("DPM++ 2M Karras") gives its schedule
+    when ``schedule`` is "Automatic"."""
+    try:
+        return samplers.find_sampler(name).name, schedule
+    except samplers.SamplerError:
+        pass
+    for suffix in ("Karras", "Exponential"):
+        base = name.removesuffix(" " + suffix)
+        if base != name:
+            try:
+                found = samplers.find_sampler(base).name
+            except samplers.SamplerError:
+                return None, schedule
+            return found, suffix if schedule == "Automatic" else schedule
+    return None, schedule
+
+
 def _sampler(res: dict[str, object], paste: Paste) -> None:
     name, schedule = str(res.get("Sampler", "")), str(res.get("Schedule type", "Automatic"))
     if not name:
         return
-    try:
-        paste.values["sampler"] = samplers.find_sampler(name).name
-    except samplers.SamplerError:
-        for suffix in ("Karras", "Exponential"):  # pre-1.9 names: "DPM++ 2M Karras"
-            base = name.removesuffix(" " + suffix)
-            if base != name:
-                try:
-                    paste.values["sampler"] = samplers.find_sampler(base).name
-                except samplers.SamplerError:
-                    break
-                schedule = suffix if schedule == "Automatic" else schedule
-                break
-        else:
-            paste.warnings.append(f"Sampler: {name!r} is not available; left unchanged")
+    found, schedule = _find_sampler(name, schedule)
+    if found is None:
+        paste.warnings.append(f"Sampler: {name!r} is not available; left unchanged")
+    else:
+        paste.values["sampler"] = found
     try:
         paste.values["schedule"] = samplers.schedule_label(schedule)
     except samplers.SamplerError:
         paste.warnings.append(f"Schedule type: {schedule!r} is not available; left unchanged")
+
+
+def _hires(res: dict[str, object], paste: Paste) -> None:
+    """The Hires. fix checkbox, upscaler, sampler and schedule (the numbers and prompts are in PASTE_FIELDS).
+
+    The checkbox follows A1111's rule on the parsed fields: on with ``Denoising strength`` and any of ``Hires
+    upscale``, ``Hires upscaler``, ``Hires resize-1``, else off. As parsing always fills ``Hires resize-1``, A1111
+    turns it on for any infotext with a denoising strength, and so does this. A hires sampler or schedule equal to
+    the first pass's is pasted as "Use same ...", as A1111 does.
+    """
+    paste.values["enable_hr"] = "Denoising strength" in res and any(
+        key in res for key in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
+    if "Hires upscaler" in res:
+        upscaler = str(res["Hires upscaler"])
+        if upscaler in hires.UPSCALERS:
+            paste.values["hr_upscaler"] = upscaler
+        else:
+            paste.warnings.append(f"Hires upscaler: {upscaler!r} is not available here (use one of "
+                                  f"{', '.join(hires.UPSCALERS)}); left unchanged")
+    checkpoint = str(res.get("Hires checkpoint", SAME_CHECKPOINT))
+    if checkpoint != SAME_CHECKPOINT:
+        paste.warnings.append(f"Hires checkpoint: {checkpoint!r} is not supported here; the second pass uses the "
+                              "first pass's checkpoint")
+    name, schedule = str(res.get("Hires sampler", SAME_SAMPLER)), str(res.get("Hires schedule type", SAME_SCHEDULER))
+    if name == SAME_SAMPLER:
+        paste.values["hr_sampler"] = SAME_SAMPLER
+    else:
+        found, implied = _find_sampler(name, "Automatic")
+        if found is None:
+            paste.warnings.append(f"Hires sampler: {name!r} is not available; left unchanged")
+        else:
+            paste.values["hr_sampler"] = SAME_SAMPLER if found == paste.values.get("sampler") else found
+            if schedule == SAME_SCHEDULER and implied != "Automatic":
+                schedule = implied
+    if schedule == SAME_SCHEDULER:
+        paste.values["hr_scheduler"] = SAME_SCHEDULER
+        return
+    try:
+        label = samplers.schedule_label(schedule)
+    except samplers.SamplerError:
+        paste.warnings.append(f"Hires schedule type: {schedule!r} is not available; left unchanged")
+        return
+    paste.values["hr_scheduler"] = SAME_SCHEDULER if label == paste.values.get("schedule") else label
 
 
 def _checkpoint(state: AppState, res: dict[str, object], paste: Paste) -> None:

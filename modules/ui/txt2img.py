@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import processing, samplers
+from modules import hires, processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
@@ -22,7 +22,33 @@ logger = logging.getLogger(__name__)
 
 # the controls "Send to txt2img" can fill, by the names png_info.PASTE_FIELDS uses
 PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", "height", "batch_size", "cfg_scale",
-                 "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h")
+                 "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h",
+                 "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
+                 "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
+
+
+@dataclass
+class HiresControls:
+    """A1111's "Hires. fix" accordion. The value controls come first, in :func:`build_params`' argument order."""
+
+    enable_hr: gr.Checkbox
+    denoising_strength: gr.Slider
+    hr_scale: gr.Slider
+    hr_upscaler: gr.Dropdown
+    hr_second_pass_steps: gr.Slider
+    hr_resize_x: gr.Slider
+    hr_resize_y: gr.Slider
+    hr_sampler: gr.Dropdown
+    hr_scheduler: gr.Dropdown
+    hr_prompt: gr.Textbox
+    hr_negative_prompt: gr.Textbox
+    accordion: gr.Accordion
+    final_resolution: gr.HTML
+
+    def job_inputs(self) -> list[gr.components.Component]:
+        return [self.enable_hr, self.denoising_strength, self.hr_scale, self.hr_upscaler, self.hr_second_pass_steps,
+                self.hr_resize_x, self.hr_resize_y, self.hr_sampler, self.hr_scheduler, self.hr_prompt,
+                self.hr_negative_prompt]
 
 
 @dataclass
@@ -45,16 +71,18 @@ class Txt2ImgControls:
     overrides: gr.Dropdown
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
+    hires: HiresControls
 
     def job_inputs(self) -> list[gr.components.Component]:
         """The inputs of :func:`build_params`, in its argument order."""
         return [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
                 self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed, self.subseed,
                 self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
-                self.seed_resize_from_h]
+                self.seed_resize_from_h, *self.hires.job_inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
-        return {name: getattr(self, name) for name in PASTE_TARGETS}
+        found = {**vars(self.hires), **vars(self)}
+        return {name: found[name] for name in PASTE_TARGETS}
 
 
 def create_ui(state: AppState) -> gr.Blocks:
@@ -126,6 +154,7 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
                 schedule = gr.Dropdown(label="Schedule type", elem_id="txt2img_scheduler",
                                        choices=list(samplers.SCHEDULE_NAMES.values()), value="Automatic")
             steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
+            hires_controls = _hires_section()  # A1111's "accordions" row: after the sampler, before the size
             with gr.Row():
                 with gr.Column(scale=4):
                     width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
@@ -165,7 +194,7 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
 
     controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
                                batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
-                               seed_resize_from_w, seed_resize_from_h)
+                               seed_resize_from_w, seed_resize_from_h, hires_controls)
 
     def run(*values):
         params = build_params(state, *values)
@@ -209,15 +238,105 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
                    outputs=counter, queue=False, trigger_mode="always_last", show_progress="hidden",
                    api_visibility="private")
     style_editor.wire_apply(state, style_controls, prompt, negative)
+    _wire_hires(hires_controls, width, height)
     return controls, progress_html
+
+
+def _hires_section() -> HiresControls:
+    """A1111 1.10's Hires. fix accordion (labels, ranges, defaults and element ids as there), closed and off.
+
+    There is no "Hires checkpoint": the second pass always runs on the loaded checkpoint. The sampler and prompt
+    rows, which A1111 hides behind two settings, are always shown.
+    """
+    with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr") as accordion:
+        with gr.Row(elem_id="txt2img_hires_fix_row0"):
+            enable_hr = gr.Checkbox(label="Hires. fix", value=False, elem_id="txt2img_hr-checkbox", scale=0,
+                                    min_width=120)
+            final_resolution = gr.HTML("", elem_id="txt2img_hr_finalres")
+        with gr.Row(elem_id="txt2img_hires_fix_row1"):
+            hr_upscaler = gr.Dropdown(label="Upscaler", choices=list(hires.UPSCALERS), value=hires.DEFAULT_UPSCALER,
+                                      elem_id="txt2img_hr_upscaler")
+            hr_second_pass_steps = gr.Slider(0, 150, value=0, step=1, label="Hires steps",
+                                             elem_id="txt2img_hires_steps")
+            denoising_strength = gr.Slider(0.0, 1.0, value=0.7, step=0.01, label="Denoising strength",
+                                           elem_id="txt2img_denoising_strength")
+        with gr.Row(elem_id="txt2img_hires_fix_row2"):
+            hr_scale = gr.Slider(1.0, 4.0, value=2.0, step=0.05, label="Upscale by", elem_id="txt2img_hr_scale")
+            hr_resize_x = gr.Slider(0, 2048, value=0, step=8, label="Resize width to", elem_id="txt2img_hr_resize_x")
+            hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
+                                    elem_id="txt2img_hr_resize_y")
+        with gr.Row(elem_id="txt2img_hires_fix_row3"):
+            hr_sampler = gr.Dropdown(label="Hires sampling method", elem_id="hr_sampler",
+                                     choices=[png_info.SAME_SAMPLER, *(s.name for s in samplers.SAMPLERS)],
+                                     value=png_info.SAME_SAMPLER)
+            hr_scheduler = gr.Dropdown(label="Hires schedule type", elem_id="hr_scheduler",
+                                       choices=[png_info.SAME_SCHEDULER, *samplers.SCHEDULE_NAMES.values()],
+                                       value=png_info.SAME_SCHEDULER)
+        with gr.Row(elem_id="txt2img_hires_fix_row4"):
+            hr_prompt = gr.Textbox(label="Hires prompt", value="", lines=3, elem_id="hires_prompt",
+                                   placeholder="Prompt for hires fix pass.\nLeave empty to use the same prompt as in "
+                                               "first pass.")
+            hr_negative_prompt = gr.Textbox(label="Hires negative prompt", value="", lines=3,
+                                            elem_id="hires_neg_prompt",
+                                            placeholder="Negative prompt for hires fix pass.\nLeave empty to use the "
+                                                        "same negative prompt as in first pass.")
+    return HiresControls(enable_hr, denoising_strength, hr_scale, hr_upscaler, hr_second_pass_steps, hr_resize_x,
+                         hr_resize_y, hr_sampler, hr_scheduler, hr_prompt, hr_negative_prompt, accordion,
+                         final_resolution)
+
+
+def _wire_hires(h: HiresControls, width: gr.Slider, height: gr.Slider) -> None:
+    """Keep the accordion and its checkbox together, and the "from WxH to WxH" line current.
+
+    As in A1111 (while its header checkbox was not clicked on its own), opening the accordion turns Hires. fix on
+    and closing it turns it off; a paste that turns it on opens the accordion, so what will run is in view.
+    """
+    h.accordion.expand(lambda: True, outputs=h.enable_hr, queue=False, api_visibility="private")
+    h.accordion.collapse(lambda: False, outputs=h.enable_hr, queue=False, api_visibility="private")
+    h.enable_hr.change(lambda on: gr.Accordion(open=True) if on else gr.skip(), inputs=h.enable_hr,
+                       outputs=h.accordion, queue=False, show_progress="hidden", api_visibility="private")
+    inputs = [h.enable_hr, width, height, h.hr_scale, h.hr_resize_x, h.hr_resize_y]
+    for component in inputs:
+        component.change(hires_resolution, inputs=inputs, outputs=h.final_resolution, queue=False,
+                         trigger_mode="always_last", show_progress="hidden", api_visibility="private")
+
+
+def hires_resolution(enable: bool, width: float, height: float, hr_scale: float, hr_resize_x: float,
+                     hr_resize_y: float) -> str:
+    """A1111's "from 512x512 to 1024x1024" beside the Hires. fix checkbox ("" while it is off).
+
+    The size is the hires target's (:func:`hires.target_size`); a "Resize width/height to" that is set is shown as
+    asked, as A1111 does, rounded down to a multiple of 8.
+    """
+    if not enable:
+        return ""
+    try:
+        params = GenerationParams(width=int(width), height=int(height), hr_scale=float(hr_scale),
+                                  hr_resize_x=int(hr_resize_x or 0), hr_resize_y=int(hr_resize_y or 0))
+        target = hires.target_size(params)
+    except (TypeError, ValueError, ZeroDivisionError):  # a box being typed in; the next change fixes it
+        return ""
+    new_width = params.hr_resize_x or target.width
+    new_height = params.hr_resize_y or target.height
+    new_width, new_height = new_width - new_width % 8, new_height - new_height % 8
+    return (f"from <span class='resolution'>{params.width}x{params.height}</span> "
+            f"to <span class='resolution'>{new_width}x{new_height}</span>")
 
 
 def build_params(state: AppState, prompt: str, negative: str, styles: list[str] | None, sampler: str, schedule: str,
                  steps: float, width: float, height: float, batch_count: float, batch_size: float, cfg_scale: float,
                  seed: float, subseed: float, subseed_strength: float, clip_skip: float,
-                 overrides: list[str] | None, seed_resize_from_w: float = 0,
-                 seed_resize_from_h: float = 0) -> GenerationParams:
-    """The job the controls describe (styles merged into the prompts), validated; ``gr.Error`` names a bad field."""
+                 overrides: list[str] | None, seed_resize_from_w: float = 0, seed_resize_from_h: float = 0,
+                 enable_hr: bool = False, denoising_strength: float = 0.7, hr_scale: float = 2.0,
+                 hr_upscaler: str | None = hires.DEFAULT_UPSCALER, hr_second_pass_steps: float = 0,
+                 hr_resize_x: float = 0, hr_resize_y: float = 0, hr_sampler: str | None = png_info.SAME_SAMPLER,
+                 hr_scheduler: str | None = png_info.SAME_SCHEDULER, hr_prompt: str | None = "",
+                 hr_negative_prompt: str | None = "") -> GenerationParams:
+    """The job the controls describe (styles merged into the prompts), validated; ``gr.Error`` names a bad field.
+
+    The hires values go as A1111's page sends them: the upscaler named (so the infotext says ``Hires upscaler:
+    Latent``), "Use same sampler"/"Use same scheduler" as None, empty hires prompts as "" (the first pass's).
+    """
     prompt, negative = style_editor.apply_selected(state, prompt or "", negative or "", styles)
     try:
         params = GenerationParams(
@@ -226,9 +345,15 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
             cfg_scale=_number(cfg_scale), seed=int(seed if seed is not None else -1),
             subseed=int(subseed if subseed is not None else -1), subseed_strength=float(subseed_strength),
             seed_resize_from_w=int(seed_resize_from_w or 0), seed_resize_from_h=int(seed_resize_from_h or 0),
-            clip_skip=int(clip_skip), override_settings=png_info.parse_overrides(overrides))
+            clip_skip=int(clip_skip), override_settings=png_info.parse_overrides(overrides),
+            enable_hr=bool(enable_hr), denoising_strength=_number(denoising_strength), hr_scale=_number(hr_scale),
+            hr_upscaler=hr_upscaler or None, hr_second_pass_steps=int(hr_second_pass_steps or 0),
+            hr_resize_x=int(hr_resize_x or 0), hr_resize_y=int(hr_resize_y or 0),
+            hr_sampler_name=None if hr_sampler in (None, "", png_info.SAME_SAMPLER) else hr_sampler,
+            hr_scheduler=None if hr_scheduler in (None, "", png_info.SAME_SCHEDULER) else hr_scheduler,
+            hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "")
         return params.validate()
-    except (ValueError, LookupError) as e:
+    except (ValueError, LookupError, TypeError) as e:  # TypeError: a value missing (None) from an API caller
         raise gr.Error(str(e)) from e
 
 
