@@ -75,6 +75,26 @@ def test_memory_modes_same_images_and_less_vram(make_state) -> None:
     assert peaks["medvram"] < peaks["normal"] and peaks["lowvram"] < peaks["medvram"], peaks
 
 
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_hires_fix_in_fp16_in_every_memory_mode(make_state, upscaler: str) -> None:
+    """The hires pass on CUDA in fp16 (the picture upscaler's VAE encode included) follows each memory mode's
+    placement and matches the fp32 image within fp16 tolerance."""
+    params = GenerationParams(**{**BASE, "enable_hr": True, "denoising_strength": 0.5, "hr_upscaler": upscaler})
+    full = make_state("--no-half")
+    reference = np.asarray(process(full, params).images[0]).astype(np.float32)
+    full.queue.shutdown()
+    del full
+    for mode in ("normal", "medvram", "lowvram"):
+        state = _mode_state(make_state, mode)
+        assert state.models.current.pipe.unet.dtype == torch.float16
+        image = process(state, params).images[0]
+        assert image.size == (128, 128), mode
+        assert np.abs(np.asarray(image).astype(np.float32) - reference).mean() < 4.0, mode
+        state.queue.shutdown()
+        del state
+        torch.cuda.empty_cache()
+
+
 def test_lowvram_prefetches_on_a_side_stream(make_state) -> None:
     state = _mode_state(make_state, "lowvram")
     streamer = state.models.current.offload.streamer
