@@ -35,6 +35,7 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
+SAME_CHECKPOINT = "Use same checkpoint"  # the page's (and A1111's infotext default's) "no other checkpoint"
 DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode: what an unnamed upscaler (API null) means
 #: Image upscalers: name → PIL resampling. A1111's "None" upscaler leaves the picture as it is and its final
 #: resize to the target size is Lanczos, so it resizes as "Lanczos" does.
@@ -136,10 +137,13 @@ def step_plan(steps: int, denoising_strength: float) -> StepPlan:
 
 
 def infotext_fields(params: GenerationParams, first_sampler: str, first_schedule: str, hires_sampler: str,
-                    hires_schedule: str) -> dict[str, object]:
+                    hires_schedule: str, checkpoint: str | None = None) -> dict[str, object]:
     """The hires fields of the infotext's extra part, in A1111's order (before Lora hashes). ``Denoising
-    strength`` is not among them: it has its own place among the fixed keys."""
+    strength`` is not among them: it has its own place among the fixed keys. ``checkpoint``: the hires
+    checkpoint's short title, when the pass ran on another one."""
     fields: dict[str, object] = {}
+    if checkpoint:
+        fields["Hires checkpoint"] = checkpoint
     if params.hr_sampler_name and hires_sampler != first_sampler:
         fields["Hires sampler"] = hires_sampler
     if params.hr_prompt and params.hr_prompt != params.prompt:

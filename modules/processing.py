@@ -20,7 +20,7 @@ from tqdm import tqdm
 from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, infotext, prompt_encoder, rng,
                      samplers, sampling)
 from modules.processing_params import GenerationParams
-from modules.sd_models import LoadedModel
+from modules.sd_models import CheckpointInfo, LoadedModel, ModelManager
 from modules.state import AppState
 
 logger = logging.getLogger(__name__)
@@ -62,15 +62,22 @@ class HiresSetup:
     setup: JobSetup
     target: hires.Target
     plan: hires.StepPlan
+    checkpoint: CheckpointInfo | None = None  # A1111's "Hires checkpoint": another model for the pass
 
     @classmethod
-    def of(cls, first: JobSetup) -> HiresSetup:
+    def of(cls, first: JobSetup, models: ModelManager) -> HiresSetup:
+        """Raises CheckpointNotFoundError for a hires checkpoint that is not there (before anything runs)."""
         params = first.params
         steps = params.hr_second_pass_steps or params.steps
         second = dataclasses.replace(params, steps=steps, sampler_name=params.hr_sampler_name or params.sampler_name,
                                      scheduler=params.hr_scheduler or params.scheduler)
+        checkpoint = None
+        if params.hr_checkpoint_name not in (None, "", hires.SAME_CHECKPOINT):
+            checkpoint = models.find(str(params.hr_checkpoint_name))
+            if checkpoint.path == first.model.info.path:
+                checkpoint = None
         return cls(JobSetup.of(second, first.model, first.opts), hires.target_size(params),
-                   hires.step_plan(steps, float(params.denoising_strength)))
+                   hires.step_plan(steps, float(params.denoising_strength)), checkpoint)
 
 
 @dataclass
@@ -129,7 +136,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     pipe = model.pipe
     setup = JobSetup.of(params, model, opts)
     sampler, schedule = setup.sampler, setup.schedule
-    hr = HiresSetup.of(setup) if params.enable_hr else None
+    hr = HiresSetup.of(setup, state.models) if params.enable_hr else None
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
@@ -144,7 +151,10 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     texts: list[str] = []
     saved: list[Path] = []
     comments: list[str] = []
+    held = contextlib.ExitStack()
     try:
+        if hr is not None and hr.checkpoint is not None:
+            held.enter_context(state.models.two_at_once())  # switch back and forth without re-reading files
         for n in range(params.n_iter):
             if state.job.interrupted:
                 break
@@ -177,20 +187,31 @@ def process(state: AppState, params: GenerationParams) -> Processed:
             _check_nans(state, latents)
             extra = {**ctx.infotext, **extra}
 
-            # 7. Hires. fix: upscale, then a second pass at the new size with the hires prompts and their networks
-            #    (unless the batch was skipped or the job interrupted: then the first pass is the result).
+            # 7. Hires. fix: upscale, then a second pass at the new size with the hires prompts and their networks,
+            #    on the hires checkpoint if one is named (whose VAE then decodes, as in A1111) — unless the batch
+            #    was skipped or the job interrupted: then the first pass is the result.
+            pictures = None
             if hr is not None:
                 state.job.next_pass()
+                hr_title = hr.checkpoint.short_title if hr.checkpoint else None
                 if not state.job.should_stop_batch:
-                    latents, hr_infotext = _hires_pass(state, setup, hr, latents, all_hr_prompts[batch],
-                                                       all_hr_negative[batch], seeds, subseeds, ctx.infotext, comments)
+                    # a picture upscaler starts from the first pass decoded by the job's VAE (before any switch)
+                    first = None if hires.is_latent(params.hr_upscaler) else _decode(state, model, latents, comments)
+                    with _hires_model(state, hr, model, opts) as hr_model:
+                        latents, hr_infotext = _hires_pass(state, setup, hr, hr_model, first or latents,
+                                                           all_hr_prompts[batch], all_hr_negative[batch], seeds,
+                                                           subseeds, ctx.infotext, comments)
+                        _check_nans(state, latents)
+                        pictures = _decode(state, hr_model, latents, comments)
+                        hr_title = hr_model.info.short_title if hr.checkpoint else None  # hashed once loaded
                     extra.update(hr_infotext)
-                    _check_nans(state, latents)
                 extra = {**hires.infotext_fields(params, sampler.name, schedule, hr.setup.sampler.name,
-                                                 hr.setup.schedule), **extra}
+                                                 hr.setup.schedule, hr_title), **extra}
 
             # 8. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
-            for i, image in enumerate(_decode(state, model, latents, comments)):
+            if pictures is None:
+                pictures = _decode(state, model, latents, comments)
+            for i, image in enumerate(pictures):
                 index = n * params.batch_size + i
                 text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
                                        all_subseeds[index])
@@ -200,6 +221,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 texts.append(text)
             state.job.next_batch()
     finally:
+        held.close()
         _release(model)  # A1111 sends everything back to the CPU after each job in the low-memory modes
         state.job.end()
 
@@ -226,20 +248,35 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     )
 
 
-def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, latents: torch.Tensor, prompts: list[str],
-                negatives: list[str], seeds: list[int], subseeds: list[int], first_infotext: dict[str, str],
+@contextlib.contextmanager
+def _hires_model(state: AppState, hr: HiresSetup, model: LoadedModel, opts: dict[str, object]):
+    """The model the hires pass runs on: the job's, or the hires checkpoint made current for the pass (with the
+    VAE setting applied), after which the job's model is current again, even when the pass fails."""
+    if hr.checkpoint is None:
+        yield model
+        return
+    other = state.models.load(hr.checkpoint)  # a checkpoint that cannot load raises here; nothing changed
+    try:
+        _apply_vae(state, other, opts)
+        yield other
+    finally:
+        state.models.load(model.info)  # from the cache (two_at_once): the same object, its weights as they were
+
+
+def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, model: LoadedModel,
+                first_pass: torch.Tensor | list[Image.Image], prompts: list[str], negatives: list[str],
+                seeds: list[int], subseeds: list[int], first_infotext: dict[str, str],
                 comments: list[str]) -> tuple[torch.Tensor, dict[str, str]]:
-    """A1111's second pass: the first pass's result upscaled to the target size, the seeds' noise at that size,
-    the hires prompts' networks and conditioning, and the last ``hr.plan.run`` steps of a schedule stretched to
-    ``hr.plan.total`` (img2img). Returns the latents and the networks' infotext fields (Lora hashes kept from
-    the first pass and extended, as in A1111)."""
-    params, model, setup = first.params, first.model, hr.setup
+    """A1111's second pass, on ``model``: the first pass's result (latents, or pictures for a picture upscaler)
+    upscaled to the target size, the seeds' noise at that size, the hires prompts' networks and conditioning, and
+    the last ``hr.plan.run`` steps of a schedule stretched to ``hr.plan.total`` (img2img). Returns the latents
+    and the networks' infotext fields (Lora hashes kept from the first pass and extended, as in A1111)."""
+    params, setup = first.params, dataclasses.replace(hr.setup, model=model)
     pipe = model.pipe
-    if hires.is_latent(params.hr_upscaler):
-        start = hires.upscale_latents(latents, params.hr_upscaler, hr.target)
+    if isinstance(first_pass, torch.Tensor):
+        start = hires.upscale_latents(first_pass, params.hr_upscaler, hr.target)
     else:
-        pictures = hires.upscale_images(_decode(state, model, latents, comments), str(params.hr_upscaler),
-                                        hr.target)
+        pictures = hires.upscale_images(first_pass, str(params.hr_upscaler), hr.target)
         with _on_device(model, "vae"):
             start = sampling.encode(pipe.vae, pictures, tiled=_vae_tiled(state, hr.target.width, hr.target.height))
     start = hires.truncate(start.to(state.policy.device), hr.target)
@@ -360,9 +397,14 @@ def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
         if not wanted:
             raise RuntimeError("no checkpoint is loaded; put a .safetensors file in models/Stable-diffusion")
         current = state.models.load(state.models.find(wanted))
-    forced = Path(state.args.vae_path) if state.args.vae_path else None
-    state.models.apply_vae(current, str(opts["sd_vae"]), forced)
+    _apply_vae(state, current, opts)
     return current
+
+
+def _apply_vae(state: AppState, model: LoadedModel, opts: dict[str, object]) -> None:
+    """The VAE the ``sd_vae`` setting (or ``--vae-path``) asks for, on ``model``."""
+    forced = Path(state.args.vae_path) if state.args.vae_path else None
+    state.models.apply_vae(model, str(opts["sd_vae"]), forced)
 
 
 def _step_callback(state: AppState, bar: tqdm) -> sampling.StepCallback:

@@ -52,6 +52,7 @@ class GenerationParams:
     hr_second_pass_steps: int = 0  # 0: as many as the first pass
     hr_resize_x: int = 0  # "Resize width to"; 0 with hr_resize_y 0: hr_scale decides
     hr_resize_y: int = 0
+    hr_checkpoint_name: str | None = None  # None: the job's checkpoint; else one to load for the hires pass
     hr_sampler_name: str | None = None  # None: the first pass's sampler
     hr_scheduler: str | None = None  # None: the first pass's schedule type
     hr_prompt: str = ""  # "": the prompt
@@ -107,6 +108,8 @@ class GenerationParams:
         _check_int("hr_second_pass_steps", self.hr_second_pass_steps, 0, MAX_STEPS)
         _check_int("hr_resize_x", self.hr_resize_x, 0, MAX_SIDE)
         _check_int("hr_resize_y", self.hr_resize_y, 0, MAX_SIDE)
+        if self.hr_checkpoint_name is not None and not isinstance(self.hr_checkpoint_name, str):
+            raise ParamsError(f"hr_checkpoint_name must be a checkpoint's name; got {self.hr_checkpoint_name!r}")
         for name in ("hr_prompt", "hr_negative_prompt"):
             if not isinstance(getattr(self, name), str):
                 raise ParamsError(f"{name} must be text; got {type(getattr(self, name)).__name__}")

@@ -14,11 +14,14 @@ A1111 conventions kept here:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -68,11 +71,16 @@ class CheckpointInfo:
         """The file's stem: the ``Model:`` value in infotexts."""
         return self.path.stem if not self.is_folder else self.path.name
 
+    @property
+    def short_title(self) -> str:
+        """A1111's ``short_title``, ``stem [shorthash]``: how infotexts name a hires pass's checkpoint."""
+        return f"{self.name_for_extra} [{self.shorthash}]" if self.shorthash else self.name_for_extra
+
     def matches(self, query: str) -> bool:
         """Whether ``query`` names this checkpoint in any of the ways A1111 accepts."""
         ids = {self.title, self.name, self.model_name, self.name_for_extra, str(Path(self.name).with_suffix(""))}
         if self.sha256:
-            ids |= {self.sha256, self.shorthash or "", f"{self.name} [{self.shorthash}]"}
+            ids |= {self.sha256, self.shorthash or "", f"{self.name} [{self.shorthash}]", self.short_title}
         if self.legacy_hash:
             ids |= {self.legacy_hash, f"{self.name} [{self.legacy_hash}]"}
         return query in ids
@@ -129,6 +137,9 @@ def _is_vae_file(path: Path) -> bool:
     return ".vae." in path.name.lower()
 
 
+_CHECKSUM = re.compile(r"\s*\[[0-9a-fA-F]{8,10}\]$")  # a title's " [shorthash]" (A1111's re_strip_checksum)
+
+
 class CheckpointNotFoundError(LookupError):
     """No checkpoint matches what was asked for."""
 
@@ -145,6 +156,7 @@ class ModelManager:
         self.hashes = hashes
         self.no_hashing = no_hashing
         self.cache_limit = 1
+        self._extra_slots = 0  # held by jobs that use two checkpoints (see two_at_once)
         self._lock = threading.RLock()
         self._checkpoints: list[CheckpointInfo] = []
         self._loaded: OrderedDict[Path, LoadedModel] = OrderedDict()  # most recently used last
@@ -184,6 +196,11 @@ class ModelManager:
         partial = [i for i in infos if query and query in i.title]
         if len(partial) == 1:
             return partial[0]
+        stripped = _CHECKSUM.sub("", query)  # "name [hash]" of a file whose hash is not computed yet (A1111 too)
+        if stripped != query:
+            for info in infos:
+                if info.matches(stripped):
+                    return info
         known = ", ".join(i.title for i in infos) or "none (put .safetensors files in models/Stable-diffusion)"
         raise CheckpointNotFoundError(f"checkpoint {query!r} not found; available: {known}")
 
@@ -204,11 +221,29 @@ class ModelManager:
             self._loaded[info.path] = model
             if previous is not None and previous is not model:
                 self._park(previous)
-            while len(self._loaded) > max(1, self.cache_limit):
-                _, dropped = self._loaded.popitem(last=False)
-                logger.info("Unloaded checkpoint from cache: %s", dropped.info.title)
+            self._trim()
             self._activate(model)
             return model
+
+    @contextlib.contextmanager
+    def two_at_once(self) -> Iterator[None]:
+        """For a job that runs on two checkpoints (a hires pass on another one): both stay cached while it runs,
+        even beyond ``sd_checkpoints_limit``, so switching between them never reads a file twice in one job. The
+        one not in use waits in RAM as usual; the limit applies again when the block ends."""
+        with self._lock:
+            self._extra_slots += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._extra_slots -= 1
+                self._trim()
+
+    def _trim(self) -> None:
+        """Drop the least recently used pipelines beyond the cache limit (the current one is never dropped)."""
+        while len(self._loaded) > max(1, self.cache_limit + self._extra_slots):
+            _, dropped = self._loaded.popitem(last=False)
+            logger.info("Unloaded checkpoint from cache: %s", dropped.info.title)
 
     def _load_from_disk(self, info: CheckpointInfo) -> LoadedModel:
         start = time.perf_counter()

@@ -343,19 +343,29 @@ def test_hires_fix_through_the_webuiapi_client_and_infotext_replay(server: Serve
     assert np.abs(pixels(with_lora["images"][0]) - np.asarray(result.image.convert("RGB")).astype(np.int16)).max() > 10
 
 
-def test_hires_sizes_legacy_first_pass_and_unsupported_checkpoint(server: Server) -> None:
+def test_hires_sizes_legacy_first_pass_and_hires_checkpoint(server: Server) -> None:
     """``hr_resize_x/y`` crop to the asked size; the old API's ``firstphase_width/height`` is the first pass;
-    ``hr_checkpoint_name`` is reported as not supported (the job's checkpoint does both passes)."""
+    ``hr_checkpoint_name`` runs the second pass on that checkpoint (recorded as A1111's short title), after which
+    the job's checkpoint is current again; an unknown one is refused before the job runs."""
     both = post(server, "txt2img", {**SMALL, "width": 64, "height": 96, "enable_hr": True, "hr_resize_x": 128,
                                     "hr_resize_y": 128, "hr_upscaler": "Nearest", "hr_second_pass_steps": 2}).json()
     assert Image.open(io.BytesIO(base64.b64decode(both["images"][0]))).size == (128, 128)
     text = json.loads(both["info"])["infotexts"][0]
     assert "Hires resize: 128x128, Hires steps: 2, Hires upscaler: Nearest" in text and "Size: 64x96" in text
-    legacy = post(server, "txt2img", {**SMALL, "width": 256, "height": 256, "enable_hr": True,
-                                      "firstphase_width": 64, "firstphase_height": 64,
-                                      "hr_checkpoint_name": "second"}).json()
+    job = {**SMALL, "prompt": "a dune", "seed": 4, "width": 256, "height": 256, "enable_hr": True,
+           "firstphase_width": 64, "firstphase_height": 64}
+    legacy = post(server, "txt2img", {**job, "hr_checkpoint_name": "second"}).json()
     info = json.loads(legacy["info"])
     assert Image.open(io.BytesIO(base64.b64decode(legacy["images"][0]))).size == (128, 128)
-    assert "Size: 64x64" in info["infotexts"][0] and "hr_checkpoint_name: another checkpoint" in info["comments"]
+    second = next(m for m in requests.get(server.api("sd-models"), timeout=30).json() if m["model_name"] == "second")
+    assert f"Hires checkpoint: second [{second['hash']}]" in info["infotexts"][0], info["infotexts"][0]
+    assert "Size: 64x64" in info["infotexts"][0] and "Model: tiny" in info["infotexts"][0]
+    assert requests.get(server.api("options"), timeout=30).json()["sd_model_checkpoint"].startswith("tiny")
+    same = post(server, "txt2img", job).json()
+    assert np.abs(pixels(same["images"][0]) - pixels(legacy["images"][0])).max() > 10  # another UNet, other pixels
+    replay = post(server, "txt2img", {"infotext": info["infotexts"][0]}).json()
+    assert np.array_equal(pixels(replay["images"][0]), pixels(legacy["images"][0]))
+    unknown = post(server, "txt2img", {**job, "hr_checkpoint_name": "ghost"})
+    assert unknown.status_code == 404 and "ghost" in unknown.json()["detail"]
     modes = requests.get(server.api("latent-upscale-modes"), timeout=30).json()
     assert [m["name"] for m in modes][:2] == ["Latent", "Latent (antialiased)"] and len(modes) == 6

@@ -343,12 +343,14 @@ def test_png_info_round_trip_restores_every_field(browser, server: Server, artif
         sync_api.expect(overrides).to_contain_text("ENSD: 31337")
         assert text_of(page, "txt2img_sampling") == "Euler" and number(page, "txt2img_clip_skip") == 1
 
-        # a hires infotext turns Hires. fix on, opens it and fills it
+        # a hires infotext turns Hires. fix on, opens it and fills it (its checkpoint named as A1111 does, by stem)
         send_infotext("hires.png", "x\nSteps: 3, Sampler: Euler, Seed: 5, Size: 64x96, Denoising strength: 0.45, "
-                                   "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos", "Hires upscale")
+                                   "Hires upscale: 1.5, Hires steps: 2, Hires upscaler: Lanczos, "
+                                   "Hires checkpoint: second", "Hires upscale")
         sync_api.expect(page.locator("#txt2img_hr-checkbox input[type=checkbox]")).to_be_checked()
         sync_api.expect(page.locator("#txt2img_hr_finalres")).to_have_text("from 64x96 to 96x144")
         assert text_of(page, "txt2img_hr_upscaler") == "Lanczos"
+        assert text_of(page, "hr_checkpoint") == _title_starting(page, "second")
         assert {k: number(page, k) for k in ("txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hires_steps")} \
             == {"txt2img_denoising_strength": 0.45, "txt2img_hr_scale": 1.5, "txt2img_hires_steps": 2}
         shot(page, artifacts, "07b-hires-sent-to-txt2img")
@@ -364,6 +366,7 @@ def test_hires_fix_makes_the_image_at_the_upscaled_size(page, artifacts: Path) -
     checkbox = page.locator("#txt2img_hr-checkbox input[type=checkbox]")
     page.locator("#txt2img_hr .label-wrap").first.click()  # closed, its controls are not on the page yet
     sync_api.expect(checkbox).to_be_checked()
+    assert text_of(page, "hr_checkpoint") == "Use same checkpoint"  # the second pass on the job's checkpoint
     set_numbers(page, {"txt2img_hires_steps": 3, "txt2img_hr_scale": 2})
     sync_api.expect(page.locator("#txt2img_hr_finalres")).to_have_text("from 64x64 to 128x128")
     text = generate(page)

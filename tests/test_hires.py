@@ -91,16 +91,19 @@ def test_impossible_hires_values_are_refused_naming_the_field(change: dict, frag
 
 # ---------------------------------------------------------------------------------------- the whole job
 
-def vanilla_chain(state, params: GenerationParams, hires_sampler: str, hires_schedule: str) -> Image.Image:
+def vanilla_chain(state, params: GenerationParams, hires_sampler: str, hires_schedule: str,
+                  hires_pipe=None) -> Image.Image:
     """What the hires job must equal, built from diffusers' own pipelines: ``StableDiffusionPipeline`` for the
     first pass (Euler: our loop equals it, tests/test_processing.py), ``interpolate`` to twice the latent size
-    (the "Latent" upscaler), and ``StableDiffusionImg2ImgPipeline`` with ``strength = run / total`` over a
-    ``total``-step schedule, from the seed's noise at the new size."""
+    (the "Latent" upscaler), and ``StableDiffusionImg2ImgPipeline`` (on ``hires_pipe``'s components when given:
+    a hires checkpoint, whose VAE also decodes) with ``strength = run / total`` over a ``total``-step schedule,
+    from the seed's noise at the new size."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 
-    pipe = state.models.current.pipe
     from test_processing import encode  # our prompt encoding (its parity with diffusers is tested there)
 
+    pipe = state.models.current.pipe
+    hires_pipe = hires_pipe or pipe
     cond, uncond = encode(pipe, [params.prompt]), encode(pipe, [params.negative_prompt])
     first_sampler, first_schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
     txt2img = StableDiffusionPipeline(**{**pipe.components, "scheduler": samplers.create_scheduler(
@@ -113,9 +116,11 @@ def vanilla_chain(state, params: GenerationParams, hires_sampler: str, hires_sch
 
     sampler, schedule = samplers.split_sampler_and_schedule(hires_sampler, hires_schedule)
     plan = hires.step_plan(params.hr_second_pass_steps or params.steps, params.denoising_strength)
-    img2img = StableDiffusionImg2ImgPipeline(**{**pipe.components, "scheduler": samplers.create_scheduler(
-        sampler, schedule, pipe.scheduler.config)})
+    img2img = StableDiffusionImg2ImgPipeline(**{**hires_pipe.components, "scheduler": samplers.create_scheduler(
+        sampler, schedule, hires_pipe.scheduler.config)})
     img2img.set_progress_bar_config(disable=True)
+    if hires_pipe is not pipe:
+        cond, uncond = encode(hires_pipe, [params.prompt]), encode(hires_pipe, [params.negative_prompt])
     return img2img(prompt_embeds=cond, negative_prompt_embeds=uncond, image=upscaled, strength=plan.run / plan.total,
                    num_inference_steps=plan.total, guidance_scale=params.cfg_scale,
                    generator=torch.Generator().manual_seed(params.seed)).images[0]
@@ -131,6 +136,37 @@ def test_hires_job_equals_diffusers_txt2img_upscale_img2img(state, hires_sampler
     expected = vanilla_chain(state, params, hires_sampler, "Automatic")
     # diffusers rounds to uint8 where A1111 (and we) truncate: at most 1 apart
     assert np.abs(pixels(ours) - pixels(expected)).max() <= 1
+
+
+def test_hires_checkpoint_runs_the_second_pass_and_the_job_model_comes_back(state) -> None:
+    """A1111's Hires checkpoint: the second pass (its text encoder, UNet and, for the final picture, VAE) runs on
+    the other checkpoint, the infotext names it by its short title, and afterwards the job's checkpoint is current
+    again with its weights untouched."""
+    import hashlib
+
+    from modules import demo_model, model_loading
+
+    path = state.models.ckpt_dir / "other.safetensors"
+    demo_model.write_checkpoint(path, seed=5)
+    state.models.refresh()
+    job_model = state.models.current
+    weights = {k: v.clone() for k, v in job_model.pipe.unet.state_dict().items()}
+    common = {**BASE, "enable_hr": True, "denoising_strength": 0.625, "hr_second_pass_steps": 5}
+    params = GenerationParams(**{**common, "hr_checkpoint_name": "other"})
+    result = process(state, params)
+    assert state.models.current is job_model
+    assert all(torch.equal(v, weights[k]) for k, v in job_model.pipe.unet.state_dict().items())
+    other = model_loading.build_pipeline(model_loading.read_state_dict(path), model_loading.read_sidecar_config(path),
+                                         "other")  # read here, apart from the model manager
+    expected = vanilla_chain(state, params, "Euler", "Automatic", hires_pipe=other)
+    assert np.abs(pixels(result.images[0]) - pixels(expected)).max() <= 1
+    short_title = f"other [{hashlib.sha256(path.read_bytes()).hexdigest()[:10]}]"
+    assert f"Hires checkpoint: {short_title}, " in result.infotexts[0] and "Model: tiny" in result.infotexts[0]
+    same = process(state, GenerationParams(**common))
+    assert np.abs(pixels(same.images[0]) - pixels(result.images[0])).max() > 10
+    with pytest.raises(LookupError, match="'ghost' not found"):
+        process(state, GenerationParams(**{**common, "hr_checkpoint_name": "ghost"}))
+    assert state.models.current is job_model
 
 
 def test_strength_zero_image_upscaler_is_the_first_pass_resized_and_round_tripped(state) -> None:
@@ -251,3 +287,26 @@ def test_medvram_hires_equals_normal(make_state) -> None:
     normal = process(make_state(), params).images[0]
     medvram = process(make_state("--medvram"), params).images[0]
     assert np.array_equal(pixels(normal), pixels(medvram))
+
+
+def test_hires_checkpoint_is_read_once_per_job_and_the_cache_limit_holds_after(state, caplog) -> None:
+    """With ``sd_checkpoints_limit`` 1, a two-batch job switches four times but reads the other checkpoint once
+    and the job's not at all (both stay cached for the job); afterwards only the job's model is kept."""
+    import logging
+
+    from modules import demo_model
+
+    demo_model.write_checkpoint(state.models.ckpt_dir / "other.safetensors", seed=5)
+    state.models.refresh()
+    params = GenerationParams(**{**BASE, "enable_hr": True, "n_iter": 2, "hr_checkpoint_name": "other"})
+
+    def loads() -> list[str]:
+        return [r.getMessage().split("title=")[1].split(" ")[0] for r in caplog.records
+                if r.getMessage().startswith("Loaded checkpoint: ")]
+
+    with caplog.at_level(logging.INFO, logger="modules.sd_models"):
+        process(state, params)
+        assert loads() == ["other.safetensors"]
+        process(state, params)  # the limit dropped it after the first job
+        assert loads() == ["other.safetensors", "other.safetensors"]
+    assert any("Unloaded checkpoint from cache: other.safetensors" in r.getMessage() for r in caplog.records)

@@ -54,10 +54,28 @@ def test_loaded_model_gets_its_hash_title_and_every_a1111_alias(make_state, tiny
     with open(tiny_checkpoint, "rb") as f:
         f.seek(0x100000)
         assert info.legacy_hash == hashlib.sha256(f.read(0x10000)).hexdigest()[:8] == legacy_model_hash(tiny_checkpoint)
-    for query in (info.title, "tiny.safetensors", "tiny", digest, digest[:10], info.legacy_hash):
+    for query in (info.title, "tiny.safetensors", "tiny", digest, digest[:10], info.legacy_hash,
+                  f"tiny [{digest[:10]}]"):  # the last: A1111's short_title (how infotexts name a hires checkpoint)
         assert state.models.find(query).path == info.path
+    assert info.short_title == f"tiny [{digest[:10]}]"
     with pytest.raises(CheckpointNotFoundError, match="'nope' not found; available: tiny.safetensors"):
         state.models.find("nope")
+
+
+def test_a_title_with_a_hash_finds_a_file_not_hashed_yet(make_state) -> None:
+    """A1111 strips the ``[hash]`` of a title it cannot match, so an infotext naming a checkpoint by
+    ``name [hash]`` resolves before that file was ever loaded (and hashed) here."""
+    from modules import demo_model
+
+    state = make_state()
+    demo_model.write_checkpoint(state.models.ckpt_dir / "second.safetensors", seed=5)
+    state.models.refresh()
+    unhashed = state.models.find("second")
+    assert unhashed.sha256 is None and unhashed.title == "second.safetensors"
+    for query in ("second [0123456789]", "second.safetensors [0123abcd]"):
+        assert state.models.find(query).path == unhashed.path
+    with pytest.raises(CheckpointNotFoundError):
+        state.models.find("third [0123456789]")
 
 
 def _pixels(processed) -> np.ndarray:

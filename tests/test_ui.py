@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from conftest import install_checkpoint
-from modules import hires, infotext
+from modules import demo_model, hires, infotext
 from modules.processing_params import GenerationParams
 from modules.ui import common, png_info, progress, results, settings, style_editor, txt2img
 
@@ -25,7 +25,8 @@ FULL = ("a blue square, (soft:1.2)\nNegative prompt: blurry\nSteps: 6, Sampler: 
 
 # what an infotext without hires fields pastes: Hires. fix off, and the fields A1111's parse fills back to defaults
 HIRES_OFF = {"enable_hr": False, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler": "Use same sampler",
-             "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative_prompt": ""}
+             "hr_scheduler": "Use same scheduler", "hr_prompt": "", "hr_negative_prompt": "",
+             "hr_checkpoint": "Use same checkpoint"}
 # as A1111 1.10 writes a hires job from its page (hires sampler, schedule and prompts changed)
 HIRES = ("a red circle\nNegative prompt: blurry\nSteps: 8, Sampler: Euler a, Schedule type: Automatic, CFG scale: 7, "
          "Seed: 5, Size: 512x768, Model hash: 0123456789, Model: tiny, Denoising strength: 0.45, "
@@ -82,7 +83,8 @@ def test_paste_of_a_hires_infotext_fills_every_hires_control_and_turns_it_on(mak
     assert {k: v for k, v in paste.values.items() if k.startswith(("hr_", "enable_hr", "denoising"))} == {
         "enable_hr": True, "denoising_strength": 0.45, "hr_scale": 1.5, "hr_upscaler": "Latent (nearest-exact)",
         "hr_second_pass_steps": 12, "hr_resize_x": 0, "hr_resize_y": 0, "hr_sampler": "DPM++ 2M",
-        "hr_scheduler": "Karras", "hr_prompt": "a red circle, detailed", "hr_negative_prompt": "noisy"}
+        "hr_scheduler": "Karras", "hr_prompt": "a red circle, detailed", "hr_negative_prompt": "noisy",
+        "hr_checkpoint": "Use same checkpoint"}
     assert [w for w in paste.warnings if "Hires" in w] == []
     assert set(txt2img.PASTE_TARGETS) >= set(paste.values)  # every pasted value has a control to go to
 
@@ -101,7 +103,41 @@ def test_paste_of_a_hires_infotext_fills_every_hires_control_and_turns_it_on(mak
                                        "Hires sampler: Nonesuch")
     assert odd.values["enable_hr"] is True and odd.values["hr_scale"] == 2
     assert "hr_upscaler" not in odd.values and "hr_sampler" not in odd.values
+    assert odd.values["hr_checkpoint"] == "Use same checkpoint"  # unknown: the first pass's, and a warning
     assert sorted(w.split(":")[0] for w in odd.warnings) == ["Hires checkpoint", "Hires sampler", "Hires upscaler"]
+    assert any("'other'" in w for w in odd.warnings if w.startswith("Hires checkpoint"))
+
+
+def test_paste_of_a_hires_checkpoint_sets_its_title(make_state) -> None:
+    """A1111 writes the hires checkpoint's short title (``stem [shorthash]``); the dropdown holds full titles."""
+    state = make_state()
+    demo_model.write_checkpoint(state.models.ckpt_dir / "second.safetensors", seed=5)
+    state.models.refresh()
+    tiny = state.models.find("tiny")
+    assert tiny.shorthash and tiny.short_title == f"tiny [{tiny.shorthash}]"
+    base = "x\nSteps: 3, Sampler: Euler, Seed: 2, Size: 64x64, Denoising strength: 0.5, Hires upscale: 2, "
+    paste = png_info.paste_values(state, base + f"Hires checkpoint: {tiny.short_title}")
+    assert paste.values["hr_checkpoint"] == tiny.title and not paste.warnings
+    second = png_info.paste_values(state, base + "Hires checkpoint: second")  # not hashed yet: named by its stem
+    assert second.values["hr_checkpoint"] == "second.safetensors" and not second.warnings
+    assert txt2img.hires_checkpoint_choices(state) == ["Use same checkpoint", "second.safetensors", tiny.title]
+    same = png_info.paste_values(state, base + "Hires checkpoint: Use same checkpoint")
+    assert same.values["hr_checkpoint"] == "Use same checkpoint" and not same.warnings
+    gone = png_info.paste_values(state, base + "Hires checkpoint: elsewhere [0123456789]")
+    assert gone.values["hr_checkpoint"] == "Use same checkpoint"
+    assert gone.warnings == ["Hires checkpoint: 'elsewhere [0123456789]' is not in models/Stable-diffusion; "
+                             "'Use same checkpoint' is set instead"]
+
+
+def test_hires_checkpoint_list_refresh_keeps_the_choice(make_state) -> None:
+    """🔄 and page loads renew the list; the choice stays, by its new title if it has one, else falls back."""
+    state = make_state()
+    tiny = state.models.find("tiny")
+    update = txt2img.hires_checkpoint_update(state, tiny.title)
+    assert update["choices"] == ["Use same checkpoint", tiny.title] and update["value"] == tiny.title
+    assert txt2img.hires_checkpoint_update(state, "tiny.safetensors")["value"] == tiny.title  # titled before hashing
+    assert txt2img.hires_checkpoint_update(state, "gone.safetensors")["value"] == "Use same checkpoint"
+    assert txt2img.hires_checkpoint_update(state, None)["value"] == "Use same checkpoint"
 
 
 def test_paste_without_hires_fields_turns_hires_off(make_state) -> None:
@@ -130,6 +166,12 @@ def test_build_params_sends_the_hires_controls(make_state) -> None:
     assert (other.hr_sampler_name, other.hr_scheduler, other.hr_prompt, other.hr_negative_prompt) == (
         "Euler", "Karras", "sharp", "soft")
     assert txt2img.build_params(state, *base).enable_hr is False  # callers that predate hires: off
+    assert params.hr_checkpoint_name is None and other.hr_checkpoint_name is None  # the default: the same one
+    hires_args = (True, 0.45, 2.0, "Latent", 0, 0, 0, "Use same sampler", "Use same scheduler", "", "")
+    for same in ("Use same checkpoint", "", None):
+        assert txt2img.build_params(state, *base, *hires_args, same).hr_checkpoint_name is None
+    title = state.models.checkpoints[0].title
+    assert txt2img.build_params(state, *base, *hires_args, title).hr_checkpoint_name == title  # as chosen
     with pytest.raises(gr.Error, match="denoising_strength"):
         txt2img.build_params(state, *base, True, 1.5, 2, "Latent", 0, 0, 0, "Use same sampler", "Use same scheduler",
                              "", "")
@@ -161,7 +203,8 @@ def test_the_page_has_the_hires_controls_with_a1111_defaults(make_state) -> None
                 "txt2img_hr_resize_x": ("Resize width to", 0), "txt2img_hr_resize_y": ("Resize height to", 0),
                 "hr_sampler": ("Hires sampling method", "Use same sampler"),
                 "hr_scheduler": ("Hires schedule type", "Use same scheduler"), "hires_prompt": ("Hires prompt", ""),
-                "hires_neg_prompt": ("Hires negative prompt", ""), "txt2img_hr-checkbox": ("Hires. fix", False)}
+                "hires_neg_prompt": ("Hires negative prompt", ""), "txt2img_hr-checkbox": ("Hires. fix", False),
+                "hr_checkpoint": ("Hires checkpoint", "Use same checkpoint")}
     assert {k: (blocks[k].label, blocks[k].value) for k in expected} == expected
     assert blocks["txt2img_hr"].open is False and blocks["txt2img_hr"].label == "Hires. fix"
     assert blocks["txt2img_hr_finalres"].value == ""
@@ -169,15 +212,17 @@ def test_the_page_has_the_hires_controls_with_a1111_defaults(make_state) -> None
     assert (scale.minimum, scale.maximum, scale.step, steps.minimum, steps.maximum) == (1, 4, 0.05, 0, 150)
     assert [c[0] for c in blocks["txt2img_hr_upscaler"].choices] == list(hires.UPSCALERS)
     assert [c[0] for c in blocks["hr_sampler"].choices][:2] == ["Use same sampler", "DPM++ 2M"]
+    assert [c[0] for c in blocks["hr_checkpoint"].choices] == ["Use same checkpoint", *common.checkpoint_titles(state)]
     # A1111's order: sampler and steps, the Hires. fix accordion, then width/height, then CFG scale
     order = [c["props"].get("elem_id") for c in demo.config["components"]]
     assert order.index("txt2img_steps") < order.index("txt2img_hr") < order.index("txt2img_width") < \
         order.index("txt2img_cfg_scale")
+    assert order.index("hr_checkpoint") < order.index("hr_sampler") < order.index("hr_scheduler")  # A1111's row
     [generate] = [d for d in demo.config["dependencies"] if d.get("api_name") == "txt2img"]
-    assert generate["inputs"][-11:] == [blocks[i]._id for i in (
+    assert generate["inputs"][-12:] == [blocks[i]._id for i in (
         "txt2img_hr-checkbox", "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_upscaler",
         "txt2img_hires_steps", "txt2img_hr_resize_x", "txt2img_hr_resize_y", "hr_sampler", "hr_scheduler",
-        "hires_prompt", "hires_neg_prompt")]
+        "hires_prompt", "hires_neg_prompt", "hr_checkpoint")]
 
 
 def test_clamp_keeps_slider_values_in_range() -> None:

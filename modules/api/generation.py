@@ -31,8 +31,6 @@ _NO_CHECKPOINT = ("", None, "Use same checkpoint")
 _SAME = ("", None, "Use same sampler", "Use same scheduler")  # the page's "same as the first pass" entries
 #: (field, predicate on its value, what to say): accepted A1111 fields this server does not act on.
 UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
-    ("hr_checkpoint_name", lambda v: v not in _NO_CHECKPOINT,
-     "another checkpoint for the hires pass is not supported; it used the job's checkpoint"),
     ("restore_faces", lambda v: bool(v), "face restoration is not supported"),
     ("tiling", lambda v: bool(v), "tiling is not supported"),
     ("eta", lambda v: v is not None, "eta is not supported (the sampler's default is used)"),
@@ -84,6 +82,7 @@ def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParam
         hr_scale=request.hr_scale, hr_upscaler=request.hr_upscaler or None,
         hr_second_pass_steps=request.hr_second_pass_steps, hr_resize_x=request.hr_resize_x,
         hr_resize_y=request.hr_resize_y,
+        hr_checkpoint_name=None if request.hr_checkpoint_name in _NO_CHECKPOINT else request.hr_checkpoint_name,
         hr_sampler_name=None if request.hr_sampler_name in _SAME else request.hr_sampler_name,
         hr_scheduler=None if request.hr_scheduler in _SAME else request.hr_scheduler,
         hr_prompt=request.hr_prompt, hr_negative_prompt=request.hr_negative_prompt,
@@ -110,9 +109,10 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared
         request.prompt, request.negative_prompt = styles.for_state(state).apply(prompt, negative, names)
     resolve.settings(state, request.override_settings or {})
     resolve.prompt_networks(state, [request.prompt, request.hr_prompt])
-    for field in ("hr_checkpoint_name", "refiner_checkpoint"):
-        if getattr(request, field) not in _NO_CHECKPOINT:
-            check_name(field, getattr(request, field))
+    if request.enable_hr and request.hr_checkpoint_name not in _NO_CHECKPOINT:
+        resolve.checkpoint(state, request.hr_checkpoint_name, "hr_checkpoint_name")
+    if request.refiner_checkpoint not in _NO_CHECKPOINT:
+        check_name("refiner_checkpoint", request.refiner_checkpoint)
     if request.script_name:
         check_name("script_name", request.script_name)
     params, comments = params_from_request(request)

@@ -65,7 +65,7 @@ def paste_values(state: AppState, text: str) -> Paste:
             except (TypeError, ValueError):
                 paste.warnings.append(f"{key}: {res[key]!r} is not a {convert.__name__}; left unchanged")
     _sampler(res, paste)
-    _hires(res, paste)
+    _hires(state, res, paste)
     _checkpoint(state, res, paste)
     current = state.opts.as_dict()
     for label, key in infotext.INFOTEXT_TO_OPTION.items():
@@ -124,13 +124,15 @@ def _sampler(res: dict[str, object], paste: Paste) -> None:
         paste.warnings.append(f"Schedule type: {schedule!r} is not available; left unchanged")
 
 
-def _hires(res: dict[str, object], paste: Paste) -> None:
-    """The Hires. fix checkbox, upscaler, sampler and schedule (the numbers and prompts are in PASTE_FIELDS).
+def _hires(state: AppState, res: dict[str, object], paste: Paste) -> None:
+    """The Hires. fix checkbox, upscaler, checkpoint, sampler and schedule (the numbers and prompts are in
+    PASTE_FIELDS).
 
     The checkbox follows A1111's rule on the parsed fields: on with ``Denoising strength`` and any of ``Hires
     upscale``, ``Hires upscaler``, ``Hires resize-1``, else off. As parsing always fills ``Hires resize-1``, A1111
     turns it on for any infotext with a denoising strength, and so does this. A hires sampler or schedule equal to
-    the first pass's is pasted as "Use same ...", as A1111 does.
+    the first pass's is pasted as "Use same ...", as A1111 does. The hires checkpoint (A1111 writes its short title,
+    ``stem [shorthash]``) is pasted as the title of the checkpoint here it names, the dropdown's choice.
     """
     paste.values["enable_hr"] = "Denoising strength" in res and any(
         key in res for key in ("Hires upscale", "Hires upscaler", "Hires resize-1"))
@@ -141,10 +143,8 @@ def _hires(res: dict[str, object], paste: Paste) -> None:
         else:
             paste.warnings.append(f"Hires upscaler: {upscaler!r} is not available here (use one of "
                                   f"{', '.join(hires.UPSCALERS)}); left unchanged")
-    checkpoint = str(res.get("Hires checkpoint", SAME_CHECKPOINT))
-    if checkpoint != SAME_CHECKPOINT:
-        paste.warnings.append(f"Hires checkpoint: {checkpoint!r} is not supported here; the second pass uses the "
-                              "first pass's checkpoint")
+    paste.values["hr_checkpoint"] = _hires_checkpoint(state, str(res.get("Hires checkpoint", SAME_CHECKPOINT)),
+                                                      paste)
     name, schedule = str(res.get("Hires sampler", SAME_SAMPLER)), str(res.get("Hires schedule type", SAME_SCHEDULER))
     if name == SAME_SAMPLER:
         paste.values["hr_sampler"] = SAME_SAMPLER
@@ -165,6 +165,19 @@ def _hires(res: dict[str, object], paste: Paste) -> None:
         paste.warnings.append(f"Hires schedule type: {schedule!r} is not available; left unchanged")
         return
     paste.values["hr_scheduler"] = SAME_SCHEDULER if label == paste.values.get("schedule") else label
+
+
+def _hires_checkpoint(state: AppState, named: str, paste: Paste) -> str:
+    """The "Hires checkpoint" choice for ``named``: its title, or "Use same checkpoint" (with a warning) when no
+    checkpoint here matches, as an unknown ``Model`` keeps the current checkpoint."""
+    if named in ("", SAME_CHECKPOINT):
+        return SAME_CHECKPOINT
+    try:
+        return state.models.find(named).title
+    except LookupError:
+        paste.warnings.append(f"Hires checkpoint: {named!r} is not in models/Stable-diffusion; "
+                              f"{SAME_CHECKPOINT!r} is set instead")
+        return SAME_CHECKPOINT
 
 
 def _checkpoint(state: AppState, res: dict[str, object], paste: Paste) -> None:
@@ -237,6 +250,13 @@ def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls
 
     names = list(controls)
 
+    def control_value(control: gr.components.Component, value: object) -> object:
+        """The value for ``control``; the hires checkpoint's list is renewed with it, as the title pasted may be
+        newer than the page's list (a checkpoint added since, or titled with its hash once loaded)."""
+        if control is controls.get("hr_checkpoint"):
+            return gr.update(choices=[SAME_CHECKPOINT, *common.checkpoint_titles(state)], value=value)
+        return common.clamp(control, value)
+
     def handler(text: str):
         if not (text or "").strip():
             raise gr.Error("No parameters to send: drop a PNG made by this program or by A1111 first.")
@@ -251,7 +271,7 @@ def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls
                 model_update = gr.update(value=common.current_title(state))
             elif current is None or current.info.path != paste.checkpoint.path:
                 gr.Warning(f"Settings are frozen (--freeze-settings): {paste.checkpoint.title} was not loaded")
-        values = [common.clamp(controls[n], paste.values[n]) if n in paste.values else gr.skip() for n in names]
+        values = [control_value(controls[n], paste.values[n]) if n in paste.values else gr.skip() for n in names]
         override_update = gr.update(choices=paste.overrides, value=paste.overrides, visible=bool(paste.overrides))
         return [*values, model_update, override_update, gr.Tabs(selected="txt2img")]
 

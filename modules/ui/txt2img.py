@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", "height", "batch_size", "cfg_scale",
                  "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h",
                  "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
-                 "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt")
+                 "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint")
 
 
 @dataclass
@@ -42,13 +42,14 @@ class HiresControls:
     hr_scheduler: gr.Dropdown
     hr_prompt: gr.Textbox
     hr_negative_prompt: gr.Textbox
+    hr_checkpoint: gr.Dropdown
     accordion: gr.Accordion
     final_resolution: gr.HTML
 
     def job_inputs(self) -> list[gr.components.Component]:
         return [self.enable_hr, self.denoising_strength, self.hr_scale, self.hr_upscaler, self.hr_second_pass_steps,
                 self.hr_resize_x, self.hr_resize_y, self.hr_sampler, self.hr_scheduler, self.hr_prompt,
-                self.hr_negative_prompt]
+                self.hr_negative_prompt, self.hr_checkpoint]
 
 
 @dataclass
@@ -110,16 +111,19 @@ def create_ui(state: AppState) -> gr.Blocks:
         png_info.wire_send(state, send, parameters, controls.paste_targets(), checkpoint, controls.overrides, tabs)
         submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
                      api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
-        _wire_quicksettings(state, checkpoint, vae, refresh)
+        hr_checkpoint = controls.hires.hr_checkpoint
+        _wire_quicksettings(state, checkpoint, vae, refresh, hr_checkpoint)
 
-        def on_load():
+        def on_load(hr_title: str | None):
             return (gr.update(value=common.notices(state), visible=bool(state.notices)),
                     gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state)),
                     gr.update(choices=common.vae_choices(state), value=str(state.opts["sd_vae"])),
-                    assets.js_options(state.opts), *settings.current_values(state))
+                    hires_checkpoint_update(state, hr_title), assets.js_options(state.opts),
+                    *settings.current_values(state))
 
         demo.load(None, js=assets.load_js())
-        demo.load(on_load, outputs=[notice, checkpoint, vae, js_options, *setting_controls.values()],
+        demo.load(on_load, inputs=hr_checkpoint,
+                  outputs=[notice, checkpoint, vae, hr_checkpoint, js_options, *setting_controls.values()],
                   api_visibility="private").then(None, inputs=js_options, js=assets.LOADED_JS)
 
         def watch_running():  # a page opened while another page's or the API's job runs shows that job
@@ -154,7 +158,7 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
                 schedule = gr.Dropdown(label="Schedule type", elem_id="txt2img_scheduler",
                                        choices=list(samplers.SCHEDULE_NAMES.values()), value="Automatic")
             steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            hires_controls = _hires_section()  # A1111's "accordions" row: after the sampler, before the size
+            hires_controls = _hires_section(state)  # A1111's "accordions" row: after the sampler, before the size
             with gr.Row():
                 with gr.Column(scale=4):
                     width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
@@ -242,11 +246,12 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
     return controls, progress_html
 
 
-def _hires_section() -> HiresControls:
+def _hires_section(state: AppState) -> HiresControls:
     """A1111 1.10's Hires. fix accordion (labels, ranges, defaults and element ids as there), closed and off.
 
-    There is no "Hires checkpoint": the second pass always runs on the loaded checkpoint. The sampler and prompt
-    rows, which A1111 hides behind two settings, are always shown.
+    The sampler row (with the hires checkpoint, first as in A1111) and the prompt row, which A1111 hides behind two
+    settings, are always shown. The checkpoint list has no 🔄 of its own: the quicksettings one and page loads
+    refresh it (:func:`hires_checkpoint_update`).
     """
     with gr.Accordion("Hires. fix", open=False, elem_id="txt2img_hr") as accordion:
         with gr.Row(elem_id="txt2img_hires_fix_row0"):
@@ -266,6 +271,8 @@ def _hires_section() -> HiresControls:
             hr_resize_y = gr.Slider(0, 2048, value=0, step=8, label="Resize height to",
                                     elem_id="txt2img_hr_resize_y")
         with gr.Row(elem_id="txt2img_hires_fix_row3"):
+            hr_checkpoint = gr.Dropdown(label="Hires checkpoint", elem_id="hr_checkpoint",
+                                        choices=hires_checkpoint_choices(state), value=png_info.SAME_CHECKPOINT)
             hr_sampler = gr.Dropdown(label="Hires sampling method", elem_id="hr_sampler",
                                      choices=[png_info.SAME_SAMPLER, *(s.name for s in samplers.SAMPLERS)],
                                      value=png_info.SAME_SAMPLER)
@@ -281,8 +288,29 @@ def _hires_section() -> HiresControls:
                                             placeholder="Negative prompt for hires fix pass.\nLeave empty to use the "
                                                         "same negative prompt as in first pass.")
     return HiresControls(enable_hr, denoising_strength, hr_scale, hr_upscaler, hr_second_pass_steps, hr_resize_x,
-                         hr_resize_y, hr_sampler, hr_scheduler, hr_prompt, hr_negative_prompt, accordion,
-                         final_resolution)
+                         hr_resize_y, hr_sampler, hr_scheduler, hr_prompt, hr_negative_prompt, hr_checkpoint,
+                         accordion, final_resolution)
+
+
+def hires_checkpoint_choices(state: AppState) -> list[str]:
+    """The "Hires checkpoint" list: A1111's "Use same checkpoint", then every checkpoint's title."""
+    return [png_info.SAME_CHECKPOINT, *common.checkpoint_titles(state)]
+
+
+def hires_checkpoint_update(state: AppState, value: str | None) -> dict:
+    """The "Hires checkpoint" dropdown with the current list, keeping the checkpoint chosen.
+
+    A title that changed since the list was made (a checkpoint is titled with its hash once first loaded) is
+    replaced by the new one; a checkpoint that is gone falls back to "Use same checkpoint", so the dropdown never
+    holds a value outside its choices (which Gradio would refuse on the next Generate).
+    """
+    choices = hires_checkpoint_choices(state)
+    if value not in choices:
+        try:
+            value = state.models.find(str(value)).title if value else png_info.SAME_CHECKPOINT
+        except LookupError:
+            value = png_info.SAME_CHECKPOINT
+    return gr.update(choices=choices, value=value)
 
 
 def _wire_hires(h: HiresControls, width: gr.Slider, height: gr.Slider) -> None:
@@ -331,11 +359,13 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
                  hr_upscaler: str | None = hires.DEFAULT_UPSCALER, hr_second_pass_steps: float = 0,
                  hr_resize_x: float = 0, hr_resize_y: float = 0, hr_sampler: str | None = png_info.SAME_SAMPLER,
                  hr_scheduler: str | None = png_info.SAME_SCHEDULER, hr_prompt: str | None = "",
-                 hr_negative_prompt: str | None = "") -> GenerationParams:
+                 hr_negative_prompt: str | None = "",
+                 hr_checkpoint: str | None = png_info.SAME_CHECKPOINT) -> GenerationParams:
     """The job the controls describe (styles merged into the prompts), validated; ``gr.Error`` names a bad field.
 
     The hires values go as A1111's page sends them: the upscaler named (so the infotext says ``Hires upscaler:
-    Latent``), "Use same sampler"/"Use same scheduler" as None, empty hires prompts as "" (the first pass's).
+    Latent``), "Use same sampler"/"Use same scheduler"/"Use same checkpoint" as None, empty hires prompts as ""
+    (the first pass's); a hires checkpoint goes by the title chosen, which the job resolves when it runs.
     """
     prompt, negative = style_editor.apply_selected(state, prompt or "", negative or "", styles)
     try:
@@ -351,7 +381,8 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
             hr_resize_x=int(hr_resize_x or 0), hr_resize_y=int(hr_resize_y or 0),
             hr_sampler_name=None if hr_sampler in (None, "", png_info.SAME_SAMPLER) else hr_sampler,
             hr_scheduler=None if hr_scheduler in (None, "", png_info.SAME_SCHEDULER) else hr_scheduler,
-            hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "")
+            hr_prompt=hr_prompt or "", hr_negative_prompt=hr_negative_prompt or "",
+            hr_checkpoint_name=None if hr_checkpoint in (None, "", png_info.SAME_CHECKPOINT) else hr_checkpoint)
         return params.validate()
     except (ValueError, LookupError, TypeError) as e:  # TypeError: a value missing (None) from an API caller
         raise gr.Error(str(e)) from e
@@ -363,16 +394,24 @@ def _number(value: float) -> float | int:
     return int(value) if value.is_integer() else value
 
 
-def _wire_quicksettings(state: AppState, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button) -> None:
-    def switch_checkpoint(title: str):
-        common.switch_checkpoint(state, title)
-        return gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state))
+def _wire_quicksettings(state: AppState, checkpoint: gr.Dropdown, vae: gr.Dropdown, refresh: gr.Button,
+                        hr_checkpoint: gr.Dropdown) -> None:
+    """The checkpoint and VAE quicksettings, and 🔄, which rescans the folders for them and "Hires checkpoint".
 
-    def refresh_lists():
+    A switch also refreshes both checkpoint lists: loading a checkpoint the first time hashes it, changing its title.
+    """
+    def switch_checkpoint(title: str, hr_title: str | None):
+        common.switch_checkpoint(state, title)
+        return (gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state)),
+                hires_checkpoint_update(state, hr_title))
+
+    def refresh_lists(hr_title: str | None):
         state.models.refresh()
         return (gr.update(choices=common.checkpoint_titles(state), value=common.current_title(state)),
-                gr.update(choices=common.vae_choices(state)))
+                gr.update(choices=common.vae_choices(state)), hires_checkpoint_update(state, hr_title))
 
-    checkpoint.input(switch_checkpoint, inputs=checkpoint, outputs=checkpoint, api_visibility="private")
+    checkpoint.input(switch_checkpoint, inputs=[checkpoint, hr_checkpoint], outputs=[checkpoint, hr_checkpoint],
+                     api_visibility="private")
     vae.input(lambda name: common.switch_vae(state, name), inputs=vae, api_visibility="private")
-    refresh.click(refresh_lists, outputs=[checkpoint, vae], api_visibility="private")
+    refresh.click(refresh_lists, inputs=hr_checkpoint, outputs=[checkpoint, vae, hr_checkpoint],
+                  api_visibility="private")
