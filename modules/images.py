@@ -38,7 +38,8 @@ def dated_folder(base: Path, use_date: bool = True) -> Path:
     return base / time.strftime("%Y-%m-%d") if use_date else base
 
 
-def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, grid: bool = False) -> Path:
+def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, grid: bool = False,
+               suffix: str = "") -> Path:
     """Save one PNG with its infotext and return its path.
 
     Args:
@@ -47,6 +48,7 @@ def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, gr
         seed: goes in the file name (``NNNNN-SEED.png``); ignored for grids (``grid-NNNN.png``).
         text: the infotext, or None to write none (``enable_pnginfo`` off).
         grid: name it as a grid.
+        suffix: added after the seed (A1111's ``-before-highres-fix``).
     """
     folder.mkdir(parents=True, exist_ok=True)
     pnginfo = infotext.add_to_png(text) if text else None
@@ -54,7 +56,7 @@ def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, gr
         if grid:
             path = folder / f"grid-{next_number(folder, 'grid-'):04d}.png"
         else:
-            path = folder / f"{next_number(folder):05d}-{seed}.png"
+            path = folder / f"{next_number(folder):05d}-{seed}{suffix}.png"
         image.save(path, format="PNG", pnginfo=pnginfo)
     return path
 

@@ -72,6 +72,7 @@ OPTIONS: dict[str, OptionInfo] = {
     "grid_save": OptionInfo(True, "Always save all generated image grids", "saving"),
     "return_grid": OptionInfo(True, "Show grid in gallery", "saving"),
     "save_images_add_number": OptionInfo(True, "Add number to filename when saving", "saving"),
+    "save_images_before_highres_fix": OptionInfo(False, "Save a copy of image before applying highres fix.", "saving"),
     "outdir_samples": OptionInfo("", "Output directory for images; if empty, defaults to three directories below", "saving"),
     "outdir_txt2img_samples": OptionInfo("outputs/txt2img-images", "Output directory for txt2img images", "saving"),
     "outdir_txt2img_grids": OptionInfo("outputs/txt2img-grids", "Output directory for txt2img grids", "saving"),

@@ -197,6 +197,11 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 if not state.job.should_stop_batch:
                     # a picture upscaler starts from the first pass decoded by the job's VAE (before any switch)
                     first = None if hires.is_latent(params.hr_upscaler) else _decode(state, model, latents, comments)
+                    if params.save_images and opts["samples_save"] and opts["save_images_before_highres_fix"]:
+                        fields = hires.infotext_fields(params, sampler.name, schedule, hr.setup.sampler.name,
+                                                       hr.setup.schedule, hr_title)
+                        saved.extend(_save_first_pass(state, setup, first or _decode(state, model, latents, comments),
+                                                      {**fields, **extra}, seeds, subseeds))
                     with _hires_model(state, hr, model, opts) as hr_model:
                         latents, hr_infotext = _hires_pass(state, setup, hr, hr_model, first or latents,
                                                            all_hr_prompts[batch], all_hr_negative[batch], seeds,
@@ -453,9 +458,20 @@ def _output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:
     return images.dated_folder(base, opts["directories_filename_pattern"] == "[date]")
 
 
-def _save(state: AppState, opts: dict[str, object], image: Image.Image, seed: int, text: str) -> Path:
+def _save_first_pass(state: AppState, setup: JobSetup, pictures: list[Image.Image], extra: dict[str, object],
+                     seeds: list[int], subseeds: list[int]) -> list[Path]:
+    """A1111's "Save a copy of image before applying highres fix": the first pass's pictures, with the job's
+    infotext, as ``NNNNN-SEED-before-highres-fix.png`` beside the images."""
+    p = setup.params
+    return [_save(state, setup.opts, picture, seed,
+                  create_infotext(setup, extra, p.prompt, p.negative_prompt, seed, subseed), "-before-highres-fix")
+            for picture, seed, subseed in zip(pictures, seeds, subseeds)]
+
+
+def _save(state: AppState, opts: dict[str, object], image: Image.Image, seed: int, text: str,
+          suffix: str = "") -> Path:
     folder = _output_folder(state, opts, "outdir_txt2img_samples")
     start = time.perf_counter()
-    path = images.save_image(image, folder, seed, text if opts["enable_pnginfo"] else None)
+    path = images.save_image(image, folder, seed, text if opts["enable_pnginfo"] else None, suffix=suffix)
     logger.debug("Saved %s in %.3fs", path, time.perf_counter() - start)
     return path

@@ -112,6 +112,9 @@ def test_checkpoint_and_vae_names_stay_in_their_libraries(setup) -> None:
     for field in ("hr_checkpoint_name", "refiner_checkpoint"):
         for name in escapes(outside, "real.safetensors"):
             assert_refused(post(server, "txt2img", {**SMALL, field: name}), f"{field} {name!r}")
+    for name in [*escapes(outside, "real.safetensors"), "linked.safetensors"]:  # used: the hires pass loads it
+        assert_refused(post(server, "txt2img", {**SMALL, "enable_hr": True, "hr_checkpoint_name": name}),
+                       f"hires checkpoint {name!r}")
     options = requests.get(server.api("options"), timeout=30).json()
     assert options["sd_model_checkpoint"].startswith("tiny") and options["sd_vae"] == "Automatic"
     assert post(server, "txt2img", SMALL).json()["images"][0] == baseline  # same model, same VAE, same image

@@ -310,3 +310,23 @@ def test_hires_checkpoint_is_read_once_per_job_and_the_cache_limit_holds_after(s
         process(state, params)  # the limit dropped it after the first job
         assert loads() == ["other.safetensors", "other.safetensors"]
     assert any("Unloaded checkpoint from cache: other.safetensors" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("upscaler", ["Latent", "Lanczos"])
+def test_save_a_copy_before_highres_fix(state, upscaler: str) -> None:
+    """A1111's "Save a copy of image before applying highres fix": the first pass is saved beside the image as
+    ``NNNNN-SEED-before-highres-fix.png`` with the job's infotext; it is the plain txt2img image of that seed."""
+    common = {**BASE, "enable_hr": True, "hr_upscaler": upscaler, "save_images": True}
+    off = process(state, GenerationParams(**common))
+    assert [p.name.endswith("-before-highres-fix.png") for p in off.saved_paths] == [False]
+    state.opts.set("save_images_before_highres_fix", True, run_callbacks=False)
+    on = process(state, GenerationParams(**{**common, "batch_size": 2}))
+    before = [p for p in on.saved_paths if p.name.endswith("-before-highres-fix.png")]
+    assert [p.name.split("-", 1)[1] for p in before] == ["1234-before-highres-fix.png", "1235-before-highres-fix.png"]
+    plain = process(state, GenerationParams(**{**BASE, "seed": 1235})).images[0]
+    with Image.open(before[1]) as saved:
+        assert saved.size == (64, 64) and np.array_equal(pixels(saved), pixels(plain))
+        text = infotext.read_from_image(saved) or ""
+    assert "Seed: 1235" in text and "Denoising strength: 0.75" in text and f"Hires upscaler: {upscaler}" in text
+    finals = [p for p in on.saved_paths if p not in before and p.name.endswith(".png") and "grid" not in p.name]
+    assert [Image.open(p).size for p in finals] == [(128, 128), (128, 128)]

@@ -109,8 +109,10 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared
         request.prompt, request.negative_prompt = styles.for_state(state).apply(prompt, negative, names)
     resolve.settings(state, request.override_settings or {})
     resolve.prompt_networks(state, [request.prompt, request.hr_prompt])
-    if request.enable_hr and request.hr_checkpoint_name not in _NO_CHECKPOINT:
-        resolve.checkpoint(state, request.hr_checkpoint_name, "hr_checkpoint_name")
+    if request.hr_checkpoint_name not in _NO_CHECKPOINT:  # a path-shaped name is refused even when unused
+        check_name("hr_checkpoint_name", request.hr_checkpoint_name)
+        if request.enable_hr:
+            resolve.checkpoint(state, request.hr_checkpoint_name, "hr_checkpoint_name")
     if request.refiner_checkpoint not in _NO_CHECKPOINT:
         check_name("refiner_checkpoint", request.refiner_checkpoint)
     if request.script_name:
