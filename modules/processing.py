@@ -79,6 +79,11 @@ class HiresSetup:
         return cls(JobSetup.of(second, first.model, first.opts), hires.target_size(params),
                    hires.step_plan(steps, float(params.denoising_strength)), checkpoint)
 
+    def fields(self, first: JobSetup, checkpoint_title: str | None) -> dict[str, object]:
+        """The job's hires infotext fields (:func:`hires.infotext_fields`)."""
+        return hires.infotext_fields(first.params, first.sampler.name, first.schedule, self.setup.sampler.name,
+                                     self.setup.schedule, checkpoint_title)
+
 
 @dataclass
 class Processed:
@@ -196,22 +201,19 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 hr_title = hr.checkpoint.short_title if hr.checkpoint else None
                 if not state.job.should_stop_batch:
                     # a picture upscaler starts from the first pass decoded by the job's VAE (before any switch)
-                    first = None if hires.is_latent(params.hr_upscaler) else _decode(state, model, latents, comments)
+                    start = latents if hires.is_latent(params.hr_upscaler) else _decode(state, model, latents, comments)
                     if params.save_images and opts["samples_save"] and opts["save_images_before_highres_fix"]:
-                        fields = hires.infotext_fields(params, sampler.name, schedule, hr.setup.sampler.name,
-                                                       hr.setup.schedule, hr_title)
-                        saved.extend(_save_first_pass(state, setup, first or _decode(state, model, latents, comments),
-                                                      {**fields, **extra}, seeds, subseeds))
+                        saved.extend(_save_first_pass(state, setup, start, {**hr.fields(setup, hr_title), **extra},
+                                                      seeds, subseeds, comments))
                     with _hires_model(state, hr, model, opts) as hr_model:
-                        latents, hr_infotext = _hires_pass(state, setup, hr, hr_model, first or latents,
-                                                           all_hr_prompts[batch], all_hr_negative[batch], seeds,
-                                                           subseeds, ctx.infotext, comments)
+                        latents, hr_infotext = _hires_pass(state, setup, hr, hr_model, start, all_hr_prompts[batch],
+                                                           all_hr_negative[batch], seeds, subseeds, ctx.infotext,
+                                                           comments)
                         _check_nans(state, latents)
                         pictures = _decode(state, hr_model, latents, comments)
                         hr_title = hr_model.info.short_title if hr.checkpoint else None  # hashed once loaded
                     extra.update(hr_infotext)
-                extra = {**hires.infotext_fields(params, sampler.name, schedule, hr.setup.sampler.name,
-                                                 hr.setup.schedule, hr_title), **extra}
+                extra = {**hr.fields(setup, hr_title), **extra}
 
             # 8. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
             if pictures is None:
@@ -458,11 +460,14 @@ def _output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:
     return images.dated_folder(base, opts["directories_filename_pattern"] == "[date]")
 
 
-def _save_first_pass(state: AppState, setup: JobSetup, pictures: list[Image.Image], extra: dict[str, object],
-                     seeds: list[int], subseeds: list[int]) -> list[Path]:
-    """A1111's "Save a copy of image before applying highres fix": the first pass's pictures, with the job's
-    infotext, as ``NNNNN-SEED-before-highres-fix.png`` beside the images."""
+def _save_first_pass(state: AppState, setup: JobSetup, first_pass: torch.Tensor | list[Image.Image],
+                     extra: dict[str, object], seeds: list[int], subseeds: list[int],
+                     comments: list[str]) -> list[Path]:
+    """A1111's "Save a copy of image before applying highres fix": the first pass's pictures (decoded here when
+    the upscaler is a latent one), with the job's infotext, as ``NNNNN-SEED-before-highres-fix.png``."""
     p = setup.params
+    pictures = _decode(state, setup.model, first_pass, comments) if isinstance(first_pass, torch.Tensor) \
+        else first_pass
     return [_save(state, setup.opts, picture, seed,
                   create_infotext(setup, extra, p.prompt, p.negative_prompt, seed, subseed), "-before-highres-fix")
             for picture, seed, subseed in zip(pictures, seeds, subseeds)]

@@ -325,7 +325,8 @@ def test_save_a_copy_before_highres_fix(state, upscaler: str) -> None:
     assert [p.name.split("-", 1)[1] for p in before] == ["1234-before-highres-fix.png", "1235-before-highres-fix.png"]
     plain = process(state, GenerationParams(**{**BASE, "seed": 1235})).images[0]
     with Image.open(before[1]) as saved:
-        assert saved.size == (64, 64) and np.array_equal(pixels(saved), pixels(plain))
+        # (image 2 of a batch equals its seed run alone to batch-size float noise: at most 1 level)
+        assert saved.size == (64, 64) and np.abs(pixels(saved) - pixels(plain)).max() <= 1
         text = infotext.read_from_image(saved) or ""
     assert "Seed: 1235" in text and "Denoising strength: 0.75" in text and f"Hires upscaler: {upscaler}" in text
     finals = [p for p in on.saved_paths if p not in before and p.name.endswith(".png") and "grid" not in p.name]

@@ -176,6 +176,35 @@ def test_train_embedding_lowers_loss_and_loads(state, tmp_path: Path) -> None:
     assert [line.split(",")[0] for line in csv_text.splitlines()[1:]] == ["8", "16", "24"]
 
 
+def test_training_prompts_resolve_the_folders_other_embeddings(state) -> None:
+    """A1111 trains the database entry itself, so a training prompt (or preview) that names another embedding of
+    the folder gets that embedding's vectors; the trained name gets the training parameter, not its file's copy."""
+    embedding_trainer.create_embedding(state, "mine", 2, init_text="blue")
+    embedding_trainer.create_embedding(state, "shinything", 3, init_text="gold")
+    model = state.models.current
+    pipe = model.pipe
+    state.embeddings.refresh(pipe.text_encoder.config.hidden_size, force=True)
+    entry = state.embeddings.loaded["mine"]
+    trainable = embedding_trainer.EmbeddingTrainable("mine", entry.vectors, 0, Path("unused.pt"), (None, None),
+                                                     state.embeddings)
+    with torch.no_grad():
+        trainable.vectors.add_(torch.randn(trainable.vectors.shape, generator=torch.Generator().manual_seed(0)))
+
+    def encode(prompt: str, embeddings) -> torch.Tensor:
+        return PromptEncoder(pipe.text_encoder, pipe.tokenizer, embeddings).encode([prompt])[0]
+
+    with torch.no_grad():
+        assert torch.equal(encode("a shinything cat", trainable.embeddings),
+                           encode("a shinything cat", state.embeddings))  # the database's vectors
+        plain_text = encode("a shinything cat", None)
+        assert (plain_text - encode("a shinything cat", state.embeddings)).abs().max() > 1e-3
+        assert (encode("a mine cat", trainable.embeddings) - encode("a mine cat", state.embeddings)).abs().max() > 1e-3
+    encoder = PromptEncoder(pipe.text_encoder, pipe.tokenizer, trainable.embeddings)  # as the trainer encodes
+    chunks, _ = encoder.tokenize_line("a mine cat, shinything")
+    encoder.encode_chunks(chunks[:1]).square().mean().backward()
+    assert trainable.vectors.grad is not None and trainable.vectors.grad.abs().sum() > 0
+
+
 def test_preview_from_txt2img_is_the_txt2img_image_of_the_embedding_copy(state, tmp_path: Path) -> None:
     """"Read parameters from txt2img tab": a preview is the image txt2img makes with the same parameters and the
     embedding as the copy saved at the same step (A1111 saves both at ``steps_done = step + 1``), through the

@@ -100,20 +100,32 @@ class _TrainingVectors:
         self.vectors = vectors
 
 
-class _SingleEmbeddingIndex:
-    """The ``token_index``/``find_at`` pair :class:`~modules.prompt_encoder.PromptEncoder` expects, for one name."""
+class _TrainingIndex:
+    """The ``token_index``/``find_at`` pair :class:`~modules.prompt_encoder.PromptEncoder` expects: the database's
+    embeddings, with the one being trained in place of its file's copy. A1111 trains the database entry itself, so
+    its training prompts and previews resolve every other embedding in the folder too."""
 
     find_at = staticmethod(find_at)
 
-    def __init__(self, embedding: _TrainingVectors) -> None:
+    def __init__(self, embedding: _TrainingVectors, database: object | None = None) -> None:
         self.embedding = embedding
-        self._index: tuple[object, dict] | None = None
+        self.database = database
+        self._index: tuple[object, object, dict] | None = None  # (tokenizer, the database's index it was made from)
 
     def token_index(self, tokenizer) -> dict:
-        if self._index is None or self._index[0] is not tokenizer:
-            ids = tokenizer([ftfy.fix_text(self.embedding.name)], add_special_tokens=False)["input_ids"][0]
-            self._index = (tokenizer, {ids[0]: [(tuple(ids), self.embedding)]} if ids else {})
-        return self._index[1]
+        base = self.database.token_index(tokenizer) if self.database is not None else {}
+        if self._index is not None and self._index[0] is tokenizer and self._index[1] is base:
+            return self._index[2]
+        name = self.embedding.name
+        index = {first: [(ids, e) for ids, e in entries if e.name != name] for first, entries in base.items()}
+        ids = tokenizer([ftfy.fix_text(name)], add_special_tokens=False)["input_ids"][0]
+        if ids:
+            entries = index.setdefault(ids[0], [])
+            entries.append((tuple(ids), self.embedding))
+            entries.sort(key=lambda item: len(item[0]), reverse=True)  # longest first, as the database's
+        index = {first: entries for first, entries in index.items() if entries}
+        self._index = (tokenizer, base, index)
+        return index
 
 
 class EmbeddingTrainable:
@@ -123,13 +135,13 @@ class EmbeddingTrainable:
     suffix = ".pt"
 
     def __init__(self, name: str, vectors: torch.Tensor, step: int, final_path: Path,
-                 checkpoint: tuple[str | None, str | None]) -> None:
+                 checkpoint: tuple[str | None, str | None], database: object | None = None) -> None:
         self.name = name
         self.step = step
         self.final_path = final_path
         self.checkpoint = checkpoint
         self.vectors = torch.nn.Parameter(vectors.detach().float().clone())
-        self._index = _SingleEmbeddingIndex(_TrainingVectors(name, self.vectors))
+        self._index = _TrainingIndex(_TrainingVectors(name, self.vectors), database)
 
     def param_groups(self) -> list[dict]:
         return [{"params": [self.vectors], "weight_decay": 0.0}]
@@ -138,8 +150,8 @@ class EmbeddingTrainable:
         return nullcontext()
 
     @property
-    def embeddings(self) -> _SingleEmbeddingIndex:
-        """What prompts are encoded with: the embedding being trained."""
+    def embeddings(self) -> _TrainingIndex:
+        """What prompts are encoded with: the folder's embeddings, this one being the one under training."""
         return self._index
 
     def conditioning(self, encode, prompts: list[str]) -> torch.Tensor:
@@ -174,7 +186,7 @@ def train_embedding(state, embedding_name: str, settings: TrainSettings) -> Trai
         raise TrainingError(str(e)) from e
     step = int(data.step or 0) if data is not None else 0
     final = state.paths.embeddings_dir / f"{embedding_name}.pt"
-    trainable = EmbeddingTrainable(embedding_name, entry.vectors, step, final, checkpoint_ids(model))
+    trainable = EmbeddingTrainable(embedding_name, entry.vectors, step, final, checkpoint_ids(model), database)
     result = train(state, trainable, settings)
     database.refresh(model.pipe.text_encoder.config.hidden_size, force=True)
     return result
