@@ -219,6 +219,7 @@ class SamplerRun:
     seeds: list[int]
     begin: int = 0  # index of the first timestep run: > 0 when an img2img pass skips the schedule's start
     _tree: object = None
+    _step_parameters: frozenset[str] | None = None  # scheduler.step's, read once (inspect costs ~1 ms a step)
 
     def initial_latents(self, noise: torch.Tensor) -> torch.Tensor:
         """Unit-variance ``noise`` (B, 4, h, w) scaled to the scheduler's first step (call after set_timesteps)."""
@@ -253,7 +254,9 @@ class SamplerRun:
 
     def step_kwargs(self, index: int, latents: torch.Tensor) -> dict[str, object]:
         """Extra arguments of ``scheduler.step`` for step ``index`` of the run (its noise)."""
-        accepted = set(inspect.signature(self.scheduler.step).parameters)
+        if self._step_parameters is None:
+            self._step_parameters = frozenset(inspect.signature(self.scheduler.step).parameters)
+        accepted = self._step_parameters
         if self.sampler.brownian and "variance_noise" in accepted:
             return {"variance_noise": self._brownian_noise(self.begin + index, latents)}
         kwargs: dict[str, object] = {"generator": self.generators} if "generator" in accepted else {}

@@ -10,6 +10,7 @@
 #   txt2img   benchmarks/txt2img.py --device cuda --write-docs     (ours vs vanilla diffusers, 512², b1 and b8)
 #   gpu       benchmarks/gpu.py --write-docs                       (default / --opt-compile / vanilla, memory modes)
 #   networks  benchmarks/networks.py --device cuda --write-docs    (LoRA switch, first load, per-step overhead)
+#   hires     benchmarks/hires.py --device cuda --write-docs       (hires fix 512² → 1024² vs diffusers' chain)
 #
 # Each stage's log goes to $OUT/<stage>.log and one line per stage to $OUT/summary.txt; at the end the (appended)
 # docs/benchmarks.md is copied to $OUT, because only $OUT comes back from the machine: copy it over the local
@@ -28,8 +29,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 for name in "$@"; do
     case $name in
-        env|tests|txt2img|gpu|networks) ;;
-        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks)" >&2; exit 2 ;;
+        env|tests|txt2img|gpu|networks|hires) ;;
+        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks, hires)" >&2; exit 2 ;;
     esac
 done
 
@@ -45,10 +46,12 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     TXT2IMG=(benchmarks/txt2img.py --device cpu --quick)
     GPU=(benchmarks/gpu.py --device cpu --model tiny --size 64 --steps 2 --batches 1 --repeats 1 --no-compile)
     NETWORKS=(benchmarks/networks.py --quick)
+    HIRES=(benchmarks/hires.py --quick)
 else
     TXT2IMG=(benchmarks/txt2img.py --device cuda --write-docs)
     GPU=(benchmarks/gpu.py --write-docs)
     NETWORKS=(benchmarks/networks.py --device cuda --write-docs)
+    HIRES=(benchmarks/hires.py --device cuda --write-docs)
 fi
 
 status=0
@@ -72,6 +75,7 @@ print(\"diffusers\", diffusers.__version__, \"transformers\", transformers.__ver
         txt2img) stage txt2img "$PYTHON" "${TXT2IMG[@]}" ;;
         gpu) stage gpu "$PYTHON" "${GPU[@]}" ;;
         networks) stage networks "$PYTHON" "${NETWORKS[@]}" ;;
+        hires) stage hires "$PYTHON" "${HIRES[@]}" ;;
     esac
 done
 cp docs/benchmarks.md "$OUT/benchmarks.md"

@@ -39,3 +39,16 @@ def test_cuda_without_cuda_fails_clearly() -> None:
     result = _run("--device", "cuda", timeout=300)
     assert result.returncode != 0
     assert "CUDA is not available" in result.stderr
+
+
+@pytest.mark.slow
+def test_quick_hires_benchmark_compares_the_two_chains() -> None:
+    """benchmarks/hires.py: our hires job and diffusers' txt2img → upscale → img2img chain, timed and compared."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hires.py"), "--quick"], cwd=REPO, env=env,
+                            capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| 64² → 128²")]
+    assert len(rows) == 1, result.stdout
+    assert int(rows[0][-2]) <= 1  # the same picture: at most one uint8 level (rounding) apart
+
