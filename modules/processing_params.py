@@ -126,6 +126,10 @@ class GenerationParams:
             if not MIN_SIDE <= value <= MAX_SIDE:
                 raise ParamsError(f"the hires pass would make the {name} {value} pixels; it must be from {MIN_SIDE} "
                                   f"to {MAX_SIDE}: change Upscale by (hr_scale) or Resize width/height to")
+        if max(target.upscale_width, target.upscale_height) > MAX_SIDE:  # before the crop to the asked size
+            raise ParamsError(f"the hires pass would upscale to {target.upscale_width}x{target.upscale_height} "
+                              f"before cropping to {target.width}x{target.height} (at most {MAX_SIDE} a side): "
+                              "ask for a size closer to the first pass's aspect ratio")
 
     @property
     def image_count(self) -> int:

@@ -78,6 +78,8 @@ def test_step_plan_is_a1111s_img2img_with_steps_given(steps, strength, total, sk
     ({"hr_scale": 9.0}, "hr_scale"),
     ({"hr_scale": 0.5, "width": 64}, "would make the width 32 pixels"),
     ({"hr_resize_x": 8192}, "hr_resize_x must be from 0 to 4096"),
+    ({"height": 512, "hr_resize_x": 4096, "hr_resize_y": 64}, "would upscale to 4096x32768 before cropping to "
+                                                              "4096x64"),
     ({"hr_sampler_name": "Restart"}, "hires pass: "),
     ({"hr_scheduler": "Polyexponential"}, "hires pass: "),
     ({"hr_second_pass_steps": -1}, "hr_second_pass_steps"),
