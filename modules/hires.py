@@ -35,7 +35,10 @@ LATENT_MODES: dict[str, tuple[str, bool]] = {
     "Latent (nearest)": ("nearest", False),
     "Latent (nearest-exact)": ("nearest-exact", False),
 }
-SAME_CHECKPOINT = "Use same checkpoint"  # the page's (and A1111's infotext default's) "no other checkpoint"
+# The page's "as the first pass" entries (and what A1111's infotext parser fills in when the fields are absent)
+SAME_CHECKPOINT = "Use same checkpoint"
+SAME_SAMPLER = "Use same sampler"
+SAME_SCHEDULER = "Use same scheduler"
 DEFAULT_UPSCALER = "Latent"  # A1111's latent_upscale_default_mode: what an unnamed upscaler (API null) means
 #: Image upscalers: name → PIL resampling. A1111's "None" upscaler leaves the picture as it is and its final
 #: resize to the target size is Lanczos, so it resizes as "Lanczos" does.

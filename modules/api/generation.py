@@ -19,7 +19,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
-from modules import infotext, previews, processing, styles
+from modules import hires, infotext, previews, processing, styles
 from modules.api import models, paste, resolve
 from modules.api.safety import check_name
 from modules.options import OPTIONS
@@ -27,8 +27,8 @@ from modules.processing_params import GenerationParams, ParamsError
 from modules.state import AppState
 
 MAX_TASK_ID = 256
-_NO_CHECKPOINT = ("", None, "Use same checkpoint")
-_SAME = ("", None, "Use same sampler", "Use same scheduler")  # the page's "same as the first pass" entries
+_NO_CHECKPOINT = ("", None, hires.SAME_CHECKPOINT)
+_SAME = ("", None, hires.SAME_SAMPLER, hires.SAME_SCHEDULER)  # the page's "same as the first pass" entries
 #: (field, predicate on its value, what to say): accepted A1111 fields this server does not act on.
 UNSUPPORTED: tuple[tuple[str, object, str], ...] = (
     ("restore_faces", lambda v: bool(v), "face restoration is not supported"),

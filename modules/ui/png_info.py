@@ -34,9 +34,7 @@ PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Hires negative prompt", "hr_negative_prompt", str),
 )
 # the hires sampler/schedule dropdowns' first choice (A1111's words): the first pass's
-SAME_SAMPLER = "Use same sampler"
-SAME_SCHEDULER = "Use same scheduler"
-SAME_CHECKPOINT = "Use same checkpoint"
+SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT = hires.SAME_SAMPLER, hires.SAME_SCHEDULER, hires.SAME_CHECKPOINT
 # settings with their own control (or switched directly), so they are not offered as overrides
 NOT_OVERRIDES = frozenset({"sd_model_checkpoint", "CLIP_stop_at_last_layers"})
 OPTION_TO_INFOTEXT = {key: label for label, key in infotext.INFOTEXT_TO_OPTION.items()}
