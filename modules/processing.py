@@ -109,6 +109,7 @@ class Processed:
     index_of_first_image: int = 0
     comments: list[str] = field(default_factory=list)
     saved_paths: list[Path] = field(default_factory=list)
+    extra_generation_params: dict[str, object] = field(default_factory=dict)  # the first batch's extra fields
 
     def info(self) -> dict[str, object]:
         """A1111's ``Processed.js()`` fields (the API's ``info`` JSON)."""
@@ -123,7 +124,9 @@ class Processed:
             "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
             "seed_resize_from_w": p.seed_resize_from_w, "seed_resize_from_h": p.seed_resize_from_h,
             "denoising_strength": p.denoising_strength if p.enable_hr else None,
-            "extra_generation_params": {"Schedule type": self.schedule},
+            # A1111's dict: hires fields, Lora/TI hashes, Emphasis..., and the schedule type the sampler set
+            "extra_generation_params": {**({"Denoising strength": p.denoising_strength} if p.enable_hr else {}),
+                                        **self.extra_generation_params, "Schedule type": self.schedule},
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
             "is_using_inpainting_conditioning": False, "version": INFOTEXT_VERSION,
@@ -156,6 +159,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     texts: list[str] = []
     saved: list[Path] = []
     comments: list[str] = []
+    job_extra: dict[str, object] = {}
     held = contextlib.ExitStack()
     try:
         if hr is not None and hr.checkpoint is not None:
@@ -216,6 +220,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 extra = {**hr.fields(setup, hr_title), **extra}
 
             # 8. Decode, write the infotext (the prompt keeps its tags, as in A1111), save.
+            job_extra = job_extra or extra
             if pictures is None:
                 pictures = _decode(state, model, latents, comments)
             for i, image in enumerate(pictures):
@@ -251,7 +256,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         sd_vae_name=model.vae.path.name if model.vae.path else None,
         sd_vae_hash=model.vae.sha256[:10] if model.vae.sha256 else None, clip_skip=setup.clip_skip,
         sampler_name=sampler.name, schedule=schedule, job_timestamp=state.job.job_timestamp,
-        index_of_first_image=first, comments=comments, saved_paths=saved,
+        index_of_first_image=first, comments=comments, saved_paths=saved, extra_generation_params=job_extra,
     )
 
 

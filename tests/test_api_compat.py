@@ -338,8 +338,12 @@ def test_hires_fix_through_the_webuiapi_client_and_infotext_replay(server: Serve
     with_lora = post(server, "txt2img", {**SMALL, "prompt": "a lighthouse", "seed": 21, "enable_hr": True,
                                          "hr_scale": 2, "denoising_strength": 0.55,
                                          "hr_prompt": "a lighthouse <lora:ink_style:1>"}).json()
-    lora_text = json.loads(with_lora["info"])["infotexts"][0]
+    lora_info = json.loads(with_lora["info"])
+    lora_text = lora_info["infotexts"][0]
     assert 'Hires prompt: "a lighthouse <lora:ink_style:1>"' in lora_text and 'Lora hashes: "ink_style: ' in lora_text
+    extra = lora_info["extra_generation_params"]  # A1111's dict of the infotext's extra fields
+    assert extra["Hires prompt"] == "a lighthouse <lora:ink_style:1>" and extra["Lora hashes"].startswith("ink_style: ")
+    assert extra["Denoising strength"] == 0.55 and extra["Hires upscale"] == 2.0 and "Schedule type" in extra
     assert np.abs(pixels(with_lora["images"][0]) - np.asarray(result.image.convert("RGB")).astype(np.int16)).max() > 10
 
 
