@@ -48,6 +48,14 @@ class JobSetup:
         return cls(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
                    ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
 
+    def noise(self, shape: tuple[int, ...], seeds: list[int], subseeds: list[int],
+              device: torch.device) -> tuple[torch.Tensor, list[torch.Generator]]:
+        """The images' initial noise and their generators (:func:`rng.initial_noise`) with this job's variation
+        strength, RNG source, ENSD and seed resize: the same for a first pass and its hires pass."""
+        p = self.params
+        return rng.initial_noise(shape, seeds, subseeds, p.subseed_strength, device, str(self.opts["randn_source"]),
+                                 self.ensd, (p.seed_resize_from_w, p.seed_resize_from_h))
+
     @property
     def denoiser_calls(self) -> int:
         """The steps prompt editing counts: A1111 counts each of a second-order sampler's two calls."""
@@ -182,9 +190,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
 
                 # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
                 shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
-                noise, generators = rng.initial_noise(shape, seeds, subseeds, params.subseed_strength,
-                                                      state.policy.device, str(opts["randn_source"]), setup.ensd,
-                                                      (params.seed_resize_from_w, params.seed_resize_from_h))
+                noise, generators = setup.noise(shape, seeds, subseeds, state.policy.device)
 
                 # 6. Denoise.
                 run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
@@ -292,9 +298,7 @@ def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, model: LoadedM
         with _on_device(model, "vae"):
             start = sampling.encode(pipe.vae, pictures, tiled=_vae_tiled(state, hr.target.width, hr.target.height))
     start = hires.truncate(start.to(state.policy.device), hr.target)
-    noise, generators = rng.initial_noise(tuple(start.shape[1:]), seeds, subseeds, params.subseed_strength,
-                                          state.policy.device, str(first.opts["randn_source"]), setup.ensd,
-                                          (params.seed_resize_from_w, params.seed_resize_from_h))
+    noise, generators = setup.noise(tuple(start.shape[1:]), seeds, subseeds, state.policy.device)
     texts, network_data = extra_networks.parse_prompts(prompts)
     ctx = extra_networks.ActivationContext(model=model, opts=first.opts, infotext=dict(first_infotext))
     _release(model)

@@ -246,11 +246,15 @@ class SamplerRun:
         latents = scheduler.add_noise(init.to(torch.float32), noise.to(torch.float32),
                                       scheduler.timesteps[self.begin:self.begin + 1])
         if self.sampler.brownian and getattr(scheduler, "noise_sampler_seed", None) is not None:
-            sigmas = scheduler.sigmas[self.begin:]  # diffusers' DPM++ SDE would span the whole schedule
-            positive = sigmas[sigmas > 0]
-            scheduler.noise_sampler = BrownianTreeNoiseSampler(latents, positive.min().item(), sigmas.max().item(),
+            low, high = self._tree_span(scheduler.sigmas)  # diffusers' DPM++ SDE would span the whole schedule
+            scheduler.noise_sampler = BrownianTreeNoiseSampler(latents, low.item(), high.item(),
                                                                scheduler.noise_sampler_seed)
         return latents
+
+    def _tree_span(self, sigmas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The Brownian tree's (σmin, σmax): those of the sigmas the run goes through (A1111's k-diffusion)."""
+        run = sigmas[self.begin:]
+        return run[run > 0].min(), run.max()
 
     def step_kwargs(self, index: int, latents: torch.Tensor) -> dict[str, object]:
         """Extra arguments of ``scheduler.step`` for step ``index`` of the run (its noise)."""
@@ -269,9 +273,7 @@ class SamplerRun:
 
         sigmas = self.scheduler.sigmas.to(device=latents.device, dtype=torch.float32)
         if self._tree is None:
-            run = sigmas[self.begin:]
-            positive = run[run > 0]
-            self._tree = BrownianTreeNoiseSampler(latents, positive.min(), run.max(), seed=list(self.seeds))
+            self._tree = BrownianTreeNoiseSampler(latents, *self._tree_span(sigmas), seed=list(self.seeds))
         sigma, sigma_next = sigmas[index], sigmas[index + 1]
         if sigma_next <= 0:  # the last step adds no noise
             return torch.zeros_like(latents)

@@ -9,7 +9,8 @@ the two give the same latents.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -138,18 +139,13 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor, tiled: bool = False) -> 
     """
     images, nan_found = [], False
     dtype = next(vae.parameters()).dtype
-    if tiled:
-        vae.enable_tiling()
-    try:
+    with _tiling(vae, tiled):
         for latent in latents:
             sample = vae.decode(latent.unsqueeze(0).to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
             nan_found = nan_found or bool(torch.isnan(sample).any())
             pixels = ((sample[0].float() + 1.0) / 2.0).clamp(0.0, 1.0).nan_to_num(0.0)  # (3, H, W) in [0, 1]
             array = (255.0 * np.moveaxis(pixels.cpu().numpy(), 0, 2)).astype(np.uint8)
             images.append(Image.fromarray(array))
-    finally:
-        if tiled:
-            vae.disable_tiling()
     return Decoded(images, nan_found)
 
 
@@ -161,16 +157,24 @@ def encode(vae: torch.nn.Module, images: list[Image.Image], tiled: bool = False)
     orders of magnitude below the mean's precision in fp16; the mean keeps a hires pass reproducible.
     """
     parameter = next(vae.parameters())
-    if tiled:
-        vae.enable_tiling()
-    try:
-        latents = []
+    latents = []
+    with _tiling(vae, tiled):
         for image in images:
             pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
             x = (pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0).to(device=parameter.device, dtype=parameter.dtype)
             latents.append(vae.encode(x).latent_dist.mean.float() * vae.config.scaling_factor)
-    finally:
-        if tiled:
-            vae.disable_tiling()
     return torch.cat(latents)
+
+
+@contextlib.contextmanager
+def _tiling(vae: torch.nn.Module, on: bool) -> Iterator[None]:
+    """diffusers' VAE tiling switched on for the block when ``on`` (and off again, even on error)."""
+    if not on:
+        yield
+        return
+    vae.enable_tiling()
+    try:
+        yield
+    finally:
+        vae.disable_tiling()
 

@@ -120,7 +120,7 @@ def test_paste_of_a_hires_checkpoint_sets_its_title(make_state) -> None:
     assert paste.values["hr_checkpoint"] == tiny.title and not paste.warnings
     second = png_info.paste_values(state, base + "Hires checkpoint: second")  # not hashed yet: named by its stem
     assert second.values["hr_checkpoint"] == "second.safetensors" and not second.warnings
-    assert txt2img.hires_checkpoint_choices(state) == ["Use same checkpoint", "second.safetensors", tiny.title]
+    assert common.hires_checkpoint_choices(state) == ["Use same checkpoint", "second.safetensors", tiny.title]
     same = png_info.paste_values(state, base + "Hires checkpoint: Use same checkpoint")
     assert same.values["hr_checkpoint"] == "Use same checkpoint" and not same.warnings
     gone = png_info.paste_values(state, base + "Hires checkpoint: elsewhere [0123456789]")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from modules import conditioning, prompt_encoder
+from modules import conditioning, hires, prompt_encoder
 from modules.state import AppState
 
 VAE_CHOICES_FIXED = ["Automatic", "None"]
@@ -21,6 +21,11 @@ def notices(state: AppState) -> str:
 
 def checkpoint_titles(state: AppState) -> list[str]:
     return [i.title for i in state.models.checkpoints]
+
+
+def hires_checkpoint_choices(state: AppState) -> list[str]:
+    """The "Hires checkpoint" list: A1111's "Use same checkpoint", then every checkpoint's title."""
+    return [hires.SAME_CHECKPOINT, *checkpoint_titles(state)]
 
 
 def current_title(state: AppState) -> str | None:

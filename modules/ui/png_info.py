@@ -252,7 +252,7 @@ def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls
         """The value for ``control``; the hires checkpoint's list is renewed with it, as the title pasted may be
         newer than the page's list (a checkpoint added since, or titled with its hash once loaded)."""
         if control is controls.get("hr_checkpoint"):
-            return gr.update(choices=[SAME_CHECKPOINT, *common.checkpoint_titles(state)], value=value)
+            return gr.update(choices=common.hires_checkpoint_choices(state), value=value)
         return common.clamp(control, value)
 
     def handler(text: str):

@@ -272,7 +272,7 @@ def _hires_section(state: AppState) -> HiresControls:
                                     elem_id="txt2img_hr_resize_y")
         with gr.Row(elem_id="txt2img_hires_fix_row3"):
             hr_checkpoint = gr.Dropdown(label="Hires checkpoint", elem_id="hr_checkpoint",
-                                        choices=hires_checkpoint_choices(state), value=png_info.SAME_CHECKPOINT)
+                                        choices=common.hires_checkpoint_choices(state), value=png_info.SAME_CHECKPOINT)
             hr_sampler = gr.Dropdown(label="Hires sampling method", elem_id="hr_sampler",
                                      choices=[png_info.SAME_SAMPLER, *(s.name for s in samplers.SAMPLERS)],
                                      value=png_info.SAME_SAMPLER)
@@ -292,11 +292,6 @@ def _hires_section(state: AppState) -> HiresControls:
                          accordion, final_resolution)
 
 
-def hires_checkpoint_choices(state: AppState) -> list[str]:
-    """The "Hires checkpoint" list: A1111's "Use same checkpoint", then every checkpoint's title."""
-    return [png_info.SAME_CHECKPOINT, *common.checkpoint_titles(state)]
-
-
 def hires_checkpoint_update(state: AppState, value: str | None) -> dict:
     """The "Hires checkpoint" dropdown with the current list, keeping the checkpoint chosen.
 
@@ -304,7 +299,7 @@ def hires_checkpoint_update(state: AppState, value: str | None) -> dict:
     replaced by the new one; a checkpoint that is gone falls back to "Use same checkpoint", so the dropdown never
     holds a value outside its choices (which Gradio would refuse on the next Generate).
     """
-    choices = hires_checkpoint_choices(state)
+    choices = common.hires_checkpoint_choices(state)
     if value not in choices:
         try:
             value = state.models.find(str(value)).title if value else png_info.SAME_CHECKPOINT
