@@ -17,6 +17,7 @@ from io import BytesIO
 from pathlib import Path
 
 import pytest
+import requests
 from PIL import Image, PngImagePlugin
 
 from browser_support import TIMEOUT_MS, new_page, require_browser, shot
@@ -35,7 +36,8 @@ sync_api = require_browser()
 @pytest.fixture(scope="module")
 def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
             artifacts: Path) -> Iterator[dict[str, Server]]:
-    """The main server (tiny + second checkpoints, a styles.csv) and a --freeze-settings one, started together."""
+    """The main server (tiny + second checkpoints, a styles.csv, the API on) and a --freeze-settings one, started
+    together."""
     data = tmp_path_factory.mktemp("webui-browser")
     folder = data / "models" / "Stable-diffusion"
     install_checkpoint(tiny_checkpoint, folder)
@@ -44,7 +46,7 @@ def spawned(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path,
         csv.writer(f).writerows([["name", "prompt", "negative_prompt"], ["vivid", "{prompt}, vivid colors", "dull"]])
     frozen_data = tmp_path_factory.mktemp("webui-frozen")
     install_checkpoint(tiny_checkpoint, frozen_data / "models" / "Stable-diffusion")
-    started = {"main": spawn_server(data, "--ckpt", str(folder / "tiny.safetensors")),
+    started = {"main": spawn_server(data, "--api", "--ckpt", str(folder / "tiny.safetensors")),  # --api: settle()
                "frozen": spawn_server(frozen_data, "--freeze-settings", "--skip-load-model-at-start")}
     yield started
     for name, server in started.items():
@@ -64,6 +66,31 @@ def frozen_server(spawned: dict[str, Server]) -> Server:
 
 def open_page(browser, url: str):
     return new_page(browser, url, "#txt2img_generate", accept_downloads=True)
+
+
+def settle(server: Server, within: float = 120) -> None:
+    """Interrupt whatever the server is running or has queued, and return once it is idle.
+
+    A test that fails half way leaves its job running (a 40-batch job would keep the one worker busy for minutes);
+    without this, the next tests would wait behind it and time out too.
+    """
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pending = requests.get(f"{server.url}/internal/pending-tasks", timeout=30).json()["size"]
+        state = requests.get(server.api("progress"), timeout=30).json()["state"]
+        if not pending and not state["job"] and not state["job_count"]:
+            return
+        requests.post(server.api("interrupt"), timeout=30)
+        time.sleep(0.2)
+    raise AssertionError(f"the server at {server.url} was still busy after {within:.0f} s")
+
+
+@pytest.fixture(autouse=True)
+def idle_after(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every test that used the main server leaves it idle for the next one (see :func:`settle`)."""
+    yield
+    if "server" in request.fixturenames:
+        settle(request.getfixturevalue("server"))
 
 
 @pytest.fixture
@@ -224,7 +251,7 @@ def test_progress_queue_and_interrupt(browser, server: Server, artifacts: Path) 
         second.locator("#txt2img_prompt textarea").fill("queued behind")
         set_numbers(second, SMALL)
         second.locator("#txt2img_generate").click()
-        sync_api.expect(second.locator("#txt2img_progress")).to_contain_text("In queue: 1 job ahead")
+        sync_api.expect(second.locator("#txt2img_progress")).to_contain_text("In queue: 1 job ahead", timeout=20_000)
         shot(second, artifacts, "04-second-tab-queued")
 
         first.locator("#txt2img_interrupt").click()
