@@ -185,6 +185,19 @@ class WeightPatcher:
         self._layers.clear()
         self._reconcile(())
 
+    def follow_weights(self) -> None:
+        """After the component moved (a model parked in RAM, or back on the GPU): backups kept "beside the weight"
+        move with their weights, and the staged network copies are dropped when the weights left their device.
+        Without this a model parked in RAM would keep its backups and staged networks in VRAM."""
+        for path, (original_w, original_b) in self._backup.items():
+            weight, bias = self._params(path)
+            if self.backup_device is None and original_w.device != weight.device:
+                self._backup[path] = (original_w.to(weight.device),
+                                      None if original_b is None or bias is None else original_b.to(bias.device))
+        device = next((w.device for w, _ in self._params_by_path.values()), None)
+        if any(copy.device != device for _, copy, _ in self._staged.values()):
+            self._staged.clear()
+
     def stage(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
         """``tensor`` (a network's, in host memory) on ``device``, in its own dtype. With ``keep_staged`` the copy
         is kept until two reconciles have not used it, so switching back to a recent set copies nothing."""

@@ -406,13 +406,16 @@ def _decode(state: AppState, model: LoadedModel, latents: torch.Tensor, comments
 
 
 def _model_for_job(state: AppState, opts: dict[str, object]) -> LoadedModel:
-    """Load the checkpoint the job's settings name if it is not the current one, and apply the VAE setting."""
+    """Load the checkpoint the job's settings name if it is not the current one (or bring the current one back
+    from RAM), and apply the VAE setting."""
     wanted = str(opts["sd_model_checkpoint"] or "")
     current = state.models.current
     if current is None or (wanted and not current.info.matches(wanted)):
         if not wanted:
             raise RuntimeError("no checkpoint is loaded; put a .safetensors file in models/Stable-diffusion")
         current = state.models.load(state.models.find(wanted))
+    elif current.parked:  # unloaded to RAM (/sdapi/v1/unload-checkpoint): back to its device
+        current = state.models.in_use()
     _apply_vae(state, current, opts)
     return current
 

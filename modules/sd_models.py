@@ -29,7 +29,7 @@ import torch
 
 from modules import model_loading, sd_vae
 from modules.conditioning import ConditioningCache
-from modules.devices import DevicePolicy, apply_attention, patch_devices
+from modules.devices import DevicePolicy, apply_attention, patch_devices, torch_gc
 from modules.hashes import HashCache
 from modules.offload import OffloadManager
 from modules.patching import WeightPatcher
@@ -96,6 +96,7 @@ class LoadedModel:
     baked_vae_state: dict[str, torch.Tensor] | None = None  # the checkpoint's own VAE, kept once replaced
     patchers: dict[str, WeightPatcher] = field(default_factory=dict)  # "unet", "text_encoder"
     offload: OffloadManager | None = None  # --medvram / --lowvram placement
+    parked: bool = False  # waiting in RAM (cached but not in use, or unloaded by /sdapi/v1/unload-checkpoint)
     cond_cache: ConditioningCache = field(default_factory=ConditioningCache)
     extras: dict[str, object] = field(default_factory=dict)  # per-model data of extensions (e.g. LoRA key maps)
 
@@ -225,6 +226,41 @@ class ModelManager:
             self._activate(model)
             return model
 
+    def in_use(self) -> LoadedModel | None:
+        """The current model ready to compute: brought back to its device when it was unloaded to RAM. Jobs (on
+        the queue's worker) use this; listings use :attr:`current`, which never moves anything."""
+        with self._lock:
+            model = self.current
+            if model is not None and model.parked:
+                self._activate(model)
+                logger.info("Checkpoint back on %s: %s", self.policy.device, model.info.title)
+            return model
+
+    def unload_to_ram(self) -> LoadedModel | None:
+        """A1111's "Unload SD checkpoint to RAM" (``POST /sdapi/v1/unload-checkpoint``): the current model leaves
+        the GPU but stays loaded, so the next job (or :meth:`in_use`) brings it back without reading the file.
+        Patched networks stay patched (the weights move with their deltas). Returns the model, if any."""
+        with self._lock:
+            model = self.current
+            if model is not None and not model.parked:
+                self._park(model)
+                logger.info("Checkpoint unloaded to RAM: %s", model.info.title)
+        torch_gc()
+        return model
+
+    def reload_to_device(self, wanted: str) -> LoadedModel | None:
+        """A1111's "Load SD checkpoint to VRAM" (``POST /sdapi/v1/reload-checkpoint``): the current model back on
+        its device; when none is loaded yet (``--skip-load-model-at-start``), the checkpoint ``wanted`` names.
+
+        Raises:
+            CheckpointNotFoundError: nothing is loaded and ``wanted`` names no checkpoint here.
+        """
+        with self._lock:
+            model = self.in_use()
+            if model is None and wanted:
+                model = self.load(self.find(wanted))
+            return model
+
     @contextlib.contextmanager
     def two_at_once(self) -> Iterator[None]:
         """For a job that runs on two checkpoints (a hires pass on another one): both stay cached while it runs,
@@ -268,12 +304,15 @@ class ModelManager:
         """Put the model's components where the memory mode wants them, in the policy's dtypes; set up attention,
         channels-last and compilation once per model."""
         pipe, policy = model.pipe, self.policy
+        model.parked = False
         if model.offload is None:
             for module, dtype in ((pipe.unet, policy.dtype), (pipe.text_encoder, policy.dtype),
                                   (pipe.vae, policy.vae_dtype)):
                 target = policy.device if policy.memory_mode == "normal" else torch.device("cpu")
                 if module.dtype != dtype or module.device != target:
                     module.to(device=target, dtype=dtype)
+            for patcher in model.patchers.values():
+                patcher.follow_weights()
             if policy.memory_mode != "normal":
                 model.offload = OffloadManager(pipe, policy)
         if not model.extras.get("device_setup"):
@@ -287,10 +326,14 @@ class ModelManager:
 
     def _park(self, model: LoadedModel) -> None:
         """A model that stays cached but is not in use waits in RAM, not VRAM."""
+        model.parked = True
+        model.cond_cache.clear()  # encoded prompts live on the compute device; re-encoding one is cheap
         if model.offload is not None:
             model.offload.release()
         elif self.policy.is_cuda:
             model.pipe.to("cpu")
+            for patcher in model.patchers.values():
+                patcher.follow_weights()
 
     def upcast_vae(self, model: LoadedModel) -> None:
         """Switch the model's VAE to fp32 for good (A1111's automatic answer to NaNs in an fp16 VAE)."""

@@ -373,3 +373,22 @@ def test_hires_sizes_legacy_first_pass_and_hires_checkpoint(server: Server) -> N
     assert unknown.status_code == 404 and "ghost" in unknown.json()["detail"]
     modes = requests.get(server.api("latent-upscale-modes"), timeout=30).json()
     assert [m["name"] for m in modes][:2] == ["Latent", "Latent (antialiased)"] and len(modes) == 6
+
+
+def test_unload_and_reload_checkpoint(server: Server) -> None:
+    """A1111's POST /unload-checkpoint and /reload-checkpoint answer ``{}``; the model waits in RAM in between (the
+    server says so), the next job brings it back by itself, and images — a LoRA's included — do not change."""
+    payload = {**SMALL, "prompt": "a house <lora:inkA:0.9>", "seed": 41}
+    before = pixels(post(server, "txt2img", payload).json()["images"][0])
+    log_start = len(server.log.read_text(errors="replace"))
+    for route in ("unload-checkpoint", "unload-checkpoint"):
+        reply = post(server, route, {})
+        assert reply.status_code == 200 and reply.json() == {}, reply.text
+    assert server.log.read_text(errors="replace")[log_start:].count("Checkpoint unloaded to RAM: tiny") == 1
+    assert np.array_equal(pixels(post(server, "txt2img", payload).json()["images"][0]), before)
+    log_start = len(server.log.read_text(errors="replace"))
+    post(server, "unload-checkpoint", {})
+    reply = post(server, "reload-checkpoint", {})
+    assert reply.status_code == 200 and reply.json() == {}, reply.text
+    assert "Checkpoint back on cpu: tiny" in server.log.read_text(errors="replace")[log_start:]
+    assert np.array_equal(pixels(post(server, "txt2img", payload).json()["images"][0]), before)

@@ -456,6 +456,23 @@ def test_settings_are_saved_and_survive_a_reload(page, server: Server, artifacts
     assert page.evaluate("() => window.webuiOpts.keyedit_precision_attention") == 0.1
 
 
+def test_settings_actions_unload_the_checkpoint_to_ram_and_back(page, server: Server) -> None:
+    """A1111's Settings → Actions buttons: the model leaves the GPU and comes back (here the device is the CPU, so
+    what is checked is the round trip and its messages); a job after an unload brings the model back by itself."""
+    page.locator("#tabs button[role=tab]", has_text="Settings").click()
+    page.locator("#settings_sections button[role=tab]", has_text="Actions").click()
+    page.locator("#sett_unload_sd_model").click()
+    sync_api.expect(page.locator("#settings_result")).to_contain_text("Unloaded to RAM: tiny.safetensors")
+    page.locator("#sett_reload_sd_model").click()
+    sync_api.expect(page.locator("#settings_result")).to_contain_text("Loaded to cpu: tiny.safetensors")
+    page.locator("#sett_unload_sd_model").click()
+    sync_api.expect(page.locator("#settings_result")).to_contain_text("Unloaded to RAM")
+    page.locator("#tabs button[role=tab]", has_text="txt2img").click()
+    set_numbers(page, SMALL)
+    assert generate(page).startswith("Steps: 4,")  # an empty prompt: the parameters line only
+    assert "Checkpoint back on cpu: tiny" in server.log.read_text(errors="replace")
+
+
 def test_freeze_settings_blocks_edits(browser, frozen_server: Server, artifacts: Path) -> None:
     from gradio_client import Client
 

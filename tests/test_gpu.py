@@ -330,3 +330,34 @@ def test_medvram_training_runs_on_the_gpu_and_parks_the_model_after(make_state, 
             handle.remove()
     assert seen == {name: {"cuda"} for name in seen}, seen
     assert all(p.device.type == "cpu" for module in modules.values() for p in module.parameters())
+
+
+@pytest.mark.parametrize("mode", ["normal", "medvram"])
+def test_unload_to_ram_frees_the_gpu_with_a_lora_patched(make_state, mode: str) -> None:
+    """``/sdapi/v1/unload-checkpoint`` with a LoRA patched in: the model's weights, the patcher's backups, its
+    staged LoRA tensors and the cached prompt encodings all leave the GPU (what a bot that frees VRAM for another
+    program needs); the next job brings the model back and gives the same image, LoRA included, and removing the
+    LoRA then restores the original weights bit for bit."""
+    from test_lora import kohya_state_dict, write_lora
+
+    state = _mode_state(make_state, mode)
+    model = state.models.current
+    originals = {k: v.detach().cpu().clone() for k, v in model.pipe.unet.state_dict().items()}
+    write_lora(state, "style", {k: v.cpu() for k, v in kohya_state_dict(model.pipe, seed=3).items()})
+    prompt = {**BASE, "prompt": "a red circle <lora:style:0.8>"}
+    before = np.asarray(process(state, GenerationParams(**prompt)).images[0]).astype(np.float32)
+    pipe, patchers = model.pipe, model.patchers.values()
+    assert mode != "normal" or any(p._backup for p in patchers)  # the LoRA's backups, beside the GPU weights
+    state.models.unload_to_ram()
+    on_gpu = [name for part in ("unet", "text_encoder", "vae")
+              for name, t in [*getattr(pipe, part).named_parameters(), *getattr(pipe, part).named_buffers()]
+              if t.is_cuda]
+    assert on_gpu == [], (mode, on_gpu[:5])
+    assert not [path for p in patchers for path, backup in p._backup.items()
+                if any(t is not None and t.is_cuda for t in backup)]
+    assert all(p.staged_bytes == 0 for p in patchers) and not model.cond_cache._items, mode
+    after = np.asarray(process(state, GenerationParams(**prompt)).images[0]).astype(np.float32)
+    assert np.abs(after - before).max() <= 1, mode
+    assert not model.parked
+    process(state, GenerationParams(**BASE))  # no LoRA: the original weights
+    assert all(torch.equal(v.cpu(), originals[k]) for k, v in model.pipe.unet.state_dict().items()), mode

@@ -376,3 +376,25 @@ def test_deferred_reconcile_that_fails_leaves_touched_modules_pristine(unet) -> 
     assert set(patcher.patched) == set(paths[:8])
     patcher.restore_all()
     assert identical(unet, original)
+
+
+
+def test_staged_copies_are_dropped_when_the_weights_are_elsewhere() -> None:
+    """A model parked in RAM must not keep its staged networks in VRAM: :meth:`WeightPatcher.follow_weights` drops
+    staged copies that are not where the weights are (here ``meta`` plays the GPU the model left) and keeps the
+    ones that are; backups stay put while the weights do, and the restore is still exact. The backups moving with
+    the weights (CPU ↔ GPU) is ``tests/test_gpu.py``."""
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(4, 3)
+    original = snapshot(layer)
+    patcher = WeightPatcher(layer, keep_staged=True)
+    patcher.reconcile([WantedNetwork("a", 1.0, {"": Additive(torch.full((3, 4), 0.5), torch.ones(3))})])
+    backup = patcher._backup[""]
+    source = torch.ones(8)
+    assert patcher.stage(source, torch.device("cpu")) is source  # on the weights' device: nothing to copy
+    patcher.stage(source, torch.device("meta"))
+    assert patcher.staged_bytes == 32
+    patcher.follow_weights()
+    assert patcher.staged_bytes == 0 and patcher._backup[""] is backup
+    patcher.restore_all()
+    assert identical(layer, original)

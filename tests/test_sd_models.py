@@ -161,3 +161,29 @@ def test_automatic_vae_picks_the_one_named_like_the_checkpoint(tmp_path: Path) -
     assert sd_vae.resolve("Automatic", ckpt, vaes).path == tmp_path / "vae" / "model.safetensors"
     with pytest.raises(ValueError, match="VAE 'missing.pt' not found"):
         sd_vae.resolve("missing.pt", ckpt, vaes)
+
+
+def test_unload_to_ram_then_the_next_job_brings_the_model_back(make_state) -> None:
+    """A1111's "Unload SD checkpoint to RAM" / "Load SD checkpoint to VRAM": the model stays loaded (no file is
+    read again), the next job puts it back on its device by itself, and the image does not change."""
+    state = make_state()
+    model = state.models.current
+    before = _pixels(process(state, GenerationParams(**SMALL)))
+    assert not model.parked
+    assert state.models.unload_to_ram() is model and model.parked
+    assert state.models.unload_to_ram() is model and model.parked  # twice: no harm
+    after = _pixels(process(state, GenerationParams(**SMALL)))
+    assert np.array_equal(before, after)
+    assert state.models.current is model and not model.parked  # the same object, back in use
+    state.models.unload_to_ram()
+    assert state.models.reload_to_device("") is model and not model.parked
+
+
+def test_reload_with_nothing_loaded_loads_the_selected_checkpoint(make_state) -> None:
+    state = make_state(load=False)
+    assert state.models.current is None and state.models.unload_to_ram() is None
+    assert state.models.reload_to_device("") is None  # nothing loaded, nothing selected: nothing to do
+    with pytest.raises(CheckpointNotFoundError, match="nope"):
+        state.models.reload_to_device("nope")
+    model = state.models.reload_to_device("tiny.safetensors")
+    assert model is state.models.current and model.info.name == "tiny.safetensors" and not model.parked

@@ -102,6 +102,19 @@ def _model_routes(router: APIRouter, state: AppState, run_job) -> None:
     def refresh_checkpoints() -> None:
         state.models.refresh()
 
+    @router.post("/unload-checkpoint")
+    async def unload_checkpoint() -> dict[str, Any]:
+        """A1111's "Unload SD checkpoint to RAM": frees the GPU for other programs; the next job brings it back."""
+        await run_job(state.models.unload_to_ram)  # on the worker: never under a running job
+        return {}
+
+    @router.post("/reload-checkpoint")
+    async def reload_checkpoint() -> dict[str, Any]:
+        """A1111's "Load SD checkpoint to VRAM": the unloaded model back on its device (or, when none is loaded
+        yet, the one the settings name)."""
+        await run_job(lambda: state.models.reload_to_device(str(state.opts["sd_model_checkpoint"] or "")))
+        return {}
+
     @router.get("/sd-vae", response_model=list[models.SDVaeItem])
     def sd_vae() -> list[models.SDVaeItem]:
         return [models.SDVaeItem(model_name=v.name, filename=str(v.path)) for v in state.models.vaes]

@@ -78,7 +78,7 @@ def create_embedding(state, name: str, num_vectors_per_token: int = 1, overwrite
     name = clean_name(name)
     if not 1 <= int(num_vectors_per_token) <= MAX_VECTORS:
         raise TrainingError(f"number of vectors per token must be 1..{MAX_VECTORS}; got {num_vectors_per_token}")
-    model = state.models.current
+    model = state.models.in_use()
     if model is None:
         raise TrainingError("no model is loaded; load a checkpoint first")
     path = state.paths.embeddings_dir / f"{name}.pt"
@@ -169,7 +169,7 @@ def train_embedding(state, embedding_name: str, settings: TrainSettings) -> Trai
 
     The final file is ``<embeddings dir>/<name>.pt`` (A1111), copies and previews go to the log folder.
     """
-    model = state.models.current
+    model = state.models.in_use()
     if model is None:
         raise TrainingError("no model is loaded; load a checkpoint first")
     database = state.embeddings

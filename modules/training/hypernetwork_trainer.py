@@ -147,7 +147,7 @@ class HypernetworkTrainable:
 
 def train_hypernetwork(state, hypernetwork_name: str, settings: TrainSettings) -> TrainResult:
     """Train the hypernetwork ``hypernetwork_name`` (from ``--hypernetwork-dir``) and save it back; run on the queue."""
-    model = state.models.current
+    model = state.models.in_use()
     if model is None:
         raise TrainingError("no model is loaded; load a checkpoint first")
     library = state.libraries.get("hypernet")

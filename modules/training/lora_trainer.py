@@ -212,7 +212,7 @@ def train_lora(state, name: str, settings: TrainSettings, options: LoraOptions =
         TrainingError: bad rank/alpha/epochs, an existing file without overwrite or resume, no model.
     """
     name = clean_name(name)
-    model = state.models.current
+    model = state.models.in_use()
     if model is None:
         raise TrainingError("no model is loaded; load a checkpoint first")
     if options.rank < 1:

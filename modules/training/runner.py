@@ -291,7 +291,7 @@ def train(state, trainable: Trainable, settings: TrainSettings, on_step: Callabl
     if state.policy.memory_mode == "lowvram" or getattr(state.args, "lowvram", False):
         raise TrainingError("Training models with --lowvram is not possible (as in A1111); restart without it")
     settings.validate()
-    model = state.models.current
+    model = state.models.in_use()
     if model is None:
         raise TrainingError("no model is loaded; load a checkpoint first")
     initial = int(trainable.step)

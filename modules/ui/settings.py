@@ -99,10 +99,33 @@ def create_tab(state: AppState) -> tuple[dict[str, gr.components.Component], gr.
                 for key in section_keys:
                     controls[key] = control(key, options.OPTIONS[key], state.opts[key], not is_frozen)
 
+        with gr.Tab("Actions", id="settings_actions", elem_id="settings_actions"):
+            unload = gr.Button("Unload SD checkpoint to RAM", elem_id="sett_unload_sd_model")
+            reload = gr.Button("Load SD checkpoint to VRAM", elem_id="sett_reload_sd_model")
+    unload.click(lambda: unload_checkpoint(state), outputs=result)
+    reload.click(lambda: reload_checkpoint(state), outputs=result)
+
     names = list(controls)
     submit.click(lambda *values: apply(state, dict(zip(names, values))), inputs=list(controls.values()),
                  outputs=result, api_name="apply_settings")
     return controls, submit, result
+
+
+def unload_checkpoint(state: AppState) -> str:
+    """The Actions button: the model leaves the GPU (kept in RAM); the next job brings it back."""
+    model = state.queue.run(state.models.unload_to_ram)
+    return f"Unloaded to RAM: {model.info.title}" if model is not None else "No checkpoint is loaded."
+
+
+def reload_checkpoint(state: AppState) -> str:
+    """The Actions button: the model back on its device (loading the selected checkpoint if none is loaded)."""
+    try:
+        model = state.queue.run(state.models.reload_to_device, str(state.opts["sd_model_checkpoint"] or ""))
+    except LookupError as e:
+        return f"Error: {e}"
+    if model is None:
+        return "No checkpoint is selected; put a .safetensors file in models/Stable-diffusion."
+    return f"Loaded to {state.policy.device}: {model.info.title}"
 
 
 def current_values(state: AppState) -> list[object]:
