@@ -48,6 +48,12 @@ OPTIONS: dict[str, OptionInfo] = {
     "auto_vae_precision": OptionInfo(True, "Automatically revert VAE to 32-bit floats when it produces NaNs", "sd"),
     "vae_tiling": OptionInfo("Auto", "Decode large images in VAE tiles", "sd", choices=("Auto", "Always", "Never")),
     "eta_noise_seed_delta": OptionInfo(0, "Eta noise seed delta", "sampler", minimum=0),
+    # img2img (A1111's keys and labels)
+    "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies",
+                                    "img2img"),
+    "initial_noise_multiplier": OptionInfo(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5),
+    "img2img_background_color": OptionInfo("#ffffff", "With img2img, fill transparent parts of the input image with "
+                                           "this color", "img2img"),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (steps, 0 = off)", "ui", minimum=0),
     # Prompt editing keys (A1111's keyedit_* settings, read by the page's script)
     "keyedit_precision_attention": OptionInfo(0.1, "Precision for (attention:1.1) when editing the prompt with Ctrl+up/down",
@@ -76,6 +82,8 @@ OPTIONS: dict[str, OptionInfo] = {
     "outdir_samples": OptionInfo("", "Output directory for images; if empty, defaults to three directories below", "saving"),
     "outdir_txt2img_samples": OptionInfo("outputs/txt2img-images", "Output directory for txt2img images", "saving"),
     "outdir_txt2img_grids": OptionInfo("outputs/txt2img-grids", "Output directory for txt2img grids", "saving"),
+    "outdir_img2img_samples": OptionInfo("outputs/img2img-images", "Output directory for img2img images", "saving"),
+    "outdir_img2img_grids": OptionInfo("outputs/img2img-grids", "Output directory for img2img grids", "saving"),
     "directories_filename_pattern": OptionInfo("[date]", "Directory name pattern", "saving", choices=("[date]", "")),
     "enable_pnginfo": OptionInfo(True, "Save text information about generation parameters as chunks to png files", "saving"),
     # Infotext

@@ -1,4 +1,4 @@
-"""The one orchestrator of a txt2img job. Read it top to bottom: each numbered step calls one module.
+"""The one orchestrator of a txt2img or img2img job. Read it top to bottom: each numbered step calls one module.
 
 ``process(state, params)`` must run on the job queue's worker (``state.queue``): it owns the model while it
 runs. It returns a :class:`Processed` with the images, their infotexts and A1111's ``info`` fields.
@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, infotext, prompt_encoder, rng,
-                     samplers, sampling)
+from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, img2img, infotext, prompt_encoder,
+                     rng, samplers, sampling)
 from modules.processing_params import GenerationParams
 from modules.sd_models import CheckpointInfo, LoadedModel, ModelManager
 from modules.state import AppState
@@ -93,6 +93,25 @@ class HiresSetup:
                                      self.setup.schedule, checkpoint_title)
 
 
+@dataclass(frozen=True, slots=True)
+class Img2ImgSetup:
+    """An img2img job's start: its pictures fitted to the job's size (one per batch image), the steps that run,
+    and the noise multiplier (the job's, else the ``initial_noise_multiplier`` setting)."""
+
+    pictures: list[Image.Image]
+    plan: hires.StepPlan
+    noise_multiplier: float
+
+    @classmethod
+    def of(cls, params: GenerationParams, opts: dict[str, object]) -> Img2ImgSetup:
+        pictures = img2img.batch_pictures(params.init_images, params.batch_size, params.width, params.height,
+                                          params.resize_mode, str(opts["img2img_background_color"]))
+        multiplier = params.initial_noise_multiplier
+        return cls(pictures, img2img.step_plan(params.steps, float(params.denoising_strength),
+                                               bool(opts["img2img_fix_steps"])),
+                   float(opts["initial_noise_multiplier"] if multiplier is None else multiplier))
+
+
 @dataclass
 class Processed:
     """What a job produced. ``images[index_of_first_image:]`` are the samples; a grid may come first."""
@@ -131,9 +150,10 @@ class Processed:
             "sd_model_name": self.sd_model_name, "sd_model_hash": self.sd_model_hash,
             "sd_vae_name": self.sd_vae_name, "sd_vae_hash": self.sd_vae_hash,
             "seed_resize_from_w": p.seed_resize_from_w, "seed_resize_from_h": p.seed_resize_from_h,
-            "denoising_strength": p.denoising_strength if p.enable_hr else None,
+            "denoising_strength": p.denoising_strength if p.enable_hr or p.init_images else None,
             # A1111's dict: hires fields, Lora/TI hashes, Emphasis..., and the schedule type the sampler set
-            "extra_generation_params": {**({"Denoising strength": p.denoising_strength} if p.enable_hr else {}),
+            "extra_generation_params": {**({"Denoising strength": p.denoising_strength}
+                                           if p.enable_hr or p.init_images else {}),
                                         **self.extra_generation_params, "Schedule type": self.schedule},
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
@@ -143,8 +163,10 @@ class Processed:
 
 
 def process(state: AppState, params: GenerationParams) -> Processed:
-    """Generate ``params.n_iter`` batches of ``params.batch_size`` images."""
+    """Generate ``params.n_iter`` batches of ``params.batch_size`` images (from ``params.init_images`` if any)."""
     params.validate()
+    if params.init_images:  # A1111: several init pictures make a batch of that many images
+        params = dataclasses.replace(params, batch_size=img2img.batch_size_for(params.init_images, params.batch_size))
     opts = state.opts.snapshot(params.override_settings)
 
     # 1. The model this job asks for (a per-job override may name another checkpoint), with its VAE.
@@ -153,6 +175,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     setup = JobSetup.of(params, model, opts)
     sampler, schedule = setup.sampler, setup.schedule
     hr = HiresSetup.of(setup, state.models) if params.enable_hr else None
+    i2i = Img2ImgSetup.of(params, opts) if params.init_images else None  # pictures fitted before anything loads
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
@@ -162,7 +185,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     all_hr_prompts = [params.hr_prompt or params.prompt] * params.image_count
     all_hr_negative = [params.hr_negative_prompt or params.negative_prompt] * params.image_count
 
-    state.job.begin("txt2img", params.n_iter * (2 if hr else 1))  # A1111 counts the hires pass as a job
+    state.job.begin(params.mode, params.n_iter * (2 if hr else 1))  # A1111 counts the hires pass as a job
     samples: list[Image.Image] = []
     texts: list[str] = []
     saved: list[Path] = []
@@ -172,6 +195,8 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     try:
         if hr is not None and hr.checkpoint is not None:
             held.enter_context(state.models.two_at_once())  # switch back and forth without re-reading files
+        # 2b. img2img: the fitted pictures VAE-encoded once; every batch starts from them.
+        init_latents = _encode_init(state, model, params, i2i) if i2i is not None else None
         for n in range(params.n_iter):
             if state.job.interrupted:
                 break
@@ -192,15 +217,22 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
                 noise, generators = setup.noise(shape, seeds, subseeds, state.policy.device)
 
-                # 6. Denoise.
+                # 6. Denoise: the whole schedule, or (img2img) its last steps from the init latents noised.
+                plan = i2i.plan if i2i is not None else hires.StepPlan(params.steps, 0)
+                if i2i is not None and i2i.noise_multiplier != 1.0:
+                    noise = noise * i2i.noise_multiplier
                 run = samplers.create_run(sampler, schedule, pipe.scheduler.config, seeds, generators)
-                with tqdm(total=params.steps, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar, \
-                        _on_device(model, "unet"), _unet_compilation(state, ctx):
-                    latents = sampling.denoise(pipe.unet, run, noise, guidance, params.steps,
-                                               callback=_step_callback(state, bar))
+                if plan.run == 0:  # img2img at strength 0 with img2img_fix_steps: the pictures as they are
+                    latents = init_latents
+                else:
+                    with tqdm(total=plan.run, desc=f"Batch {n + 1}/{params.n_iter}", leave=False) as bar, \
+                            _on_device(model, "unet"), _unet_compilation(state, ctx):
+                        latents = sampling.denoise(pipe.unet, run, noise, guidance, plan.total,
+                                                   callback=_step_callback(state, bar), init=init_latents,
+                                                   skip=plan.skip)
             comments.extend(c for c in ctx.comments if c not in comments)
             _check_nans(state, latents)
-            extra = {**ctx.infotext, **extra}
+            extra = {**ctx.infotext, **extra, **(img2img.infotext_fields(i2i.noise_multiplier) if i2i else {})}
 
             # 7. Hires. fix: upscale, then a second pass at the new size with the hires prompts and their networks,
             #    on the hires checkpoint if one is named (whose VAE then decodes, as in A1111) — unless the batch
@@ -234,7 +266,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                 text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
                                        all_subseeds[index])
                 if params.save_images and opts["samples_save"]:
-                    saved.append(_save(state, opts, image, all_seeds[index], text))
+                    saved.append(_save(state, opts, image, all_seeds[index], text, mode=params.mode))
                 samples.append(image)
                 texts.append(text)
             state.job.next_batch()
@@ -249,7 +281,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         grid = images.image_grid(samples)
         grid_text = texts[0]
         if opts["grid_save"] and params.save_images:
-            folder = _output_folder(state, opts, "outdir_txt2img_grids")
+            folder = _output_folder(state, opts, f"outdir_{params.mode}_grids")
             saved.append(images.save_image(grid, folder, seed, grid_text if opts["enable_pnginfo"] else None, grid=True))
         if opts["return_grid"]:
             output, first = [grid, *samples], 1
@@ -313,6 +345,15 @@ def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, model: LoadedM
                                          callback=_step_callback(state, bar), init=start, skip=hr.plan.skip)
     comments.extend(c for c in ctx.comments if c not in comments)
     return start, ctx.infotext
+
+
+def _encode_init(state: AppState, model: LoadedModel, params: GenerationParams, i2i: Img2ImgSetup) -> torch.Tensor:
+    """img2img's start: the fitted pictures encoded by the job's VAE (tiled as its decode would be at that size),
+    then, for the latent resize mode, resized in latent space to the job's size."""
+    width, height = i2i.pictures[0].size
+    with _on_device(model, "vae"):
+        latents = sampling.encode(model.pipe.vae, i2i.pictures, tiled=_vae_tiled(state, width, height))
+    return img2img.resize_latents(latents.to(state.policy.device), params.resize_mode, params.width, params.height)
 
 
 def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives: list[str],
@@ -456,7 +497,7 @@ def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, nega
         "Variation seed strength": strength if strength else None,
         "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                              if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
-        "Denoising strength": params.denoising_strength if params.enable_hr else None,
+        "Denoising strength": params.denoising_strength if params.enable_hr or params.init_images else None,
         "Clip skip": setup.clip_skip if setup.clip_skip > 1 else None,
         "ENSD": setup.ensd or None,
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,
@@ -486,8 +527,8 @@ def _save_first_pass(state: AppState, setup: JobSetup, first_pass: torch.Tensor 
 
 
 def _save(state: AppState, opts: dict[str, object], image: Image.Image, seed: int, text: str,
-          suffix: str = "") -> Path:
-    folder = _output_folder(state, opts, "outdir_txt2img_samples")
+          suffix: str = "", mode: str = "txt2img") -> Path:
+    folder = _output_folder(state, opts, f"outdir_{mode}_samples")
     start = time.perf_counter()
     path = images.save_image(image, folder, seed, text if opts["enable_pnginfo"] else None, suffix=suffix)
     logger.debug("Saved %s in %.3fs", path, time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""The parameters of one txt2img job, with A1111's names, validated before anything runs.
+"""The parameters of one txt2img or img2img job, with A1111's names, validated before anything runs.
 
 Every check raises :class:`ParamsError` naming the field, the bad value and what would be accepted, so the UI
 and the API can show it as it is.
@@ -10,7 +10,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modules import hires, samplers
+from PIL import Image
+
+from modules import hires, img2img, samplers
 
 MAX_SIDE = 4096  # pixels; beyond this even a 80 GB GPU runs out of memory in the VAE
 MIN_SIDE = 64
@@ -26,7 +28,8 @@ class ParamsError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class GenerationParams:
-    """A txt2img request. Field names and defaults are A1111's (UI defaults: DPM++ 2M, 20 steps)."""
+    """A txt2img request, or an img2img one when ``init_images`` are given. Field names and defaults are A1111's
+    (UI defaults: DPM++ 2M, 20 steps)."""
 
     prompt: str = ""
     negative_prompt: str = ""
@@ -57,6 +60,10 @@ class GenerationParams:
     hr_scheduler: str | None = None  # None: the first pass's schedule type
     hr_prompt: str = ""  # "": the prompt
     hr_negative_prompt: str = ""  # "": the negative prompt
+    # img2img: the pictures to start from (modules/img2img.py); none makes a txt2img job
+    init_images: tuple[Image.Image, ...] = ()
+    resize_mode: int = 0  # img2img.RESIZE_MODES: Just resize, Crop and resize, Resize and fill, latent upscale
+    initial_noise_multiplier: float | None = None  # None: the initial_noise_multiplier setting
     save_images: bool = True
     override_settings: Mapping[str, object] = field(default_factory=dict)
 
@@ -94,13 +101,37 @@ class GenerationParams:
         except samplers.SamplerError as e:
             raise ParamsError(str(e)) from None
         if self.enable_hr:
+            if self.init_images:
+                raise ParamsError("Hires. fix is a txt2img feature; an img2img job cannot use it (enable_hr)")
             self._validate_hires()
+        if self.init_images:
+            self._validate_img2img()
         return self
 
-    def _validate_hires(self) -> None:
+    def _validate_img2img(self) -> None:
+        self._check_strength()
+        _check_int("resize_mode", self.resize_mode, 0, len(img2img.RESIZE_MODES) - 1)
+        if not all(isinstance(image, Image.Image) for image in self.init_images):
+            raise ParamsError("init_images must be pictures")
+        multiplier = self.initial_noise_multiplier
+        if multiplier is not None and (isinstance(multiplier, bool) or not isinstance(multiplier, (int, float))
+                                       or not 0 <= multiplier <= 1.5):
+            raise ParamsError(f"initial_noise_multiplier must be from 0 to 1.5; got {multiplier!r}")
+        try:
+            img2img.check_size(self.init_images, self.resize_mode, MAX_SIDE)
+        except img2img.Img2ImgError as e:
+            raise ParamsError(str(e)) from None
+        if len(self.init_images) > self.batch_size:
+            raise ParamsError(f"{len(self.init_images)} init images were sent for a batch of {self.batch_size}; "
+                              f"send one image, or at most batch_size ({self.batch_size})")
+
+    def _check_strength(self) -> None:
         if not isinstance(self.denoising_strength, (int, float)) or isinstance(self.denoising_strength, bool) or \
                 not 0 <= self.denoising_strength <= 1:
             raise ParamsError(f"denoising_strength must be from 0 to 1; got {self.denoising_strength!r}")
+
+    def _validate_hires(self) -> None:
+        self._check_strength()
         scale = self.hr_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or \
                 not 0 < scale <= 8:
@@ -134,6 +165,11 @@ class GenerationParams:
     @property
     def image_count(self) -> int:
         return self.batch_size * self.n_iter
+
+    @property
+    def mode(self) -> str:
+        """``"img2img"`` when the job starts from pictures, else ``"txt2img"`` (job names, output folders)."""
+        return "img2img" if self.init_images else "txt2img"
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:

@@ -392,3 +392,72 @@ def test_unload_and_reload_checkpoint(server: Server) -> None:
     assert reply.status_code == 200 and reply.json() == {}, reply.text
     assert "Checkpoint back on cpu: tiny" in server.log.read_text(errors="replace")[log_start:]
     assert np.array_equal(pixels(post(server, "txt2img", payload).json()["images"][0]), before)
+
+
+def encoded_picture(width: int = 64, height: int = 64, fmt: str = "PNG") -> str:
+    from test_img2img import picture
+
+    buffer = io.BytesIO()
+    picture(width, height).save(buffer, format=fmt)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def test_img2img_through_the_webuiapi_client_and_infotext_replay(server: Server) -> None:
+    """The PyPI client's ``img2img`` (it sends PIL pictures as base64 and A1111's img2img fields): the image starts
+    from the picture, is reproduced by its infotext alone (with a LoRA and a noise multiplier), and the response
+    leaves the init pictures out unless asked."""
+    import webuiapi
+
+    from test_img2img import picture
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]), sampler="Euler a", steps=6)
+    result = client.img2img(images=[picture()], prompt="a house <lora:inkA:0.8>", seed=77, width=64, height=64,
+                            denoising_strength=0.6, cfg_scale=6, resize_mode=1)
+    text = result.info["infotexts"][0]
+    assert text.startswith("a house <lora:inkA:0.8>\nSteps: 6, Sampler: Euler a,") and "Denoising strength: 0.6" in text
+    assert 'Lora hashes: "inkA: ' in text and result.image.size == (64, 64)
+    assert result.parameters["init_images"] is None  # not sent back unless include_init_images
+
+    txt2img = client.txt2img(prompt="a house <lora:inkA:0.8>", seed=77, width=64, height=64, cfg_scale=6)
+    assert np.abs(pixels(encode_b64(result.image)) - pixels(encode_b64(txt2img.image))).mean() > 5
+
+    replay = post(server, "img2img", {"init_images": [encoded_picture()], "infotext": text,
+                                      "include_init_images": True})
+    assert replay.status_code == 200, replay.text
+    assert np.array_equal(pixels(replay.json()["images"][0]), pixels(encode_b64(result.image)))
+    assert replay.json()["parameters"]["init_images"] == [encoded_picture()]
+
+    quieter = post(server, "img2img", {**SMALL, "init_images": [encoded_picture()], "initial_noise_multiplier": 0.5,
+                                       "denoising_strength": 0.5, "seed": 5}).json()
+    quieter_text = image_text(quieter["images"][0])
+    assert "Noise multiplier: 0.5" in quieter_text
+    again = post(server, "img2img", {"init_images": [encoded_picture()], "infotext": quieter_text}).json()
+    assert np.array_equal(pixels(again["images"][0]), pixels(quieter["images"][0]))
+
+
+def encode_b64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+@pytest.mark.parametrize(("payload", "fragment"), [
+    ({}, "init_images is empty"),
+    ({"init_images": ["bm90IGFuIGltYWdl"]}, "init_images[0]: image is not a picture"),
+    ({"init_images": [""]}, "init_images[0] is empty"),
+    ({"init_images": ["TRUNCATED"]}, "init_images[0]: the picture cannot be decoded"),
+    ({"init_images": ["OK"], "mask": "OK"}, "inpainting (mask, latent_mask) is not supported yet"),
+    ({"init_images": ["OK"], "resize_mode": 7}, "resize_mode must be from 0 to 3"),
+    ({"init_images": ["OK"], "denoising_strength": 1.5}, "denoising_strength must be from 0 to 1"),
+    ({"init_images": ["OK", "OK"], "batch_size": 1}, "2 init images were sent for a batch of 1"),
+])
+def test_img2img_bad_input_is_refused_and_the_server_keeps_serving(server: Server, payload: dict,
+                                                                    fragment: str) -> None:
+    good = encoded_picture()
+    truncated = base64.b64encode(base64.b64decode(good)[:200]).decode("ascii")
+    swap = {"OK": good, "TRUNCATED": truncated}
+    body = {**SMALL, **{k: ([swap.get(x, x) for x in v] if isinstance(v, list) else swap.get(v, v))
+                        for k, v in payload.items()}}
+    reply = post(server, "img2img", body)
+    assert reply.status_code == 422 and fragment in reply.text, reply.text
+    assert post(server, "img2img", {**SMALL, "init_images": [good]}).status_code == 200

@@ -34,10 +34,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, tiny_checkpoint: Path) -> I
 
 
 def clamp(case) -> None:
-    """Make a generated txt2img tiny: absent sizes get small values (the API defaults are 50 steps at 512x512),
+    """Make a generated txt2img or img2img tiny: absent sizes get small values (the API defaults are 50 steps at 512x512),
     valid numbers above the limits are lowered; everything else (wrong types, too small) stays as generated."""
     body = case.body
-    if case.path.endswith("/txt2img") and isinstance(body, dict):
+    if case.path.endswith(("/txt2img", "/img2img")) and isinstance(body, dict):
         for key, limit in LIMITS.items():
             value = body.setdefault(key, limit)
             if isinstance(value, int) and not isinstance(value, bool) and value > limit:

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from io import BytesIO
 from pathlib import Path
 
+import numpy as np
 import pytest
 import requests
 from PIL import Image, PngImagePlugin
@@ -430,6 +431,45 @@ def _wait_for_log(server: Server, text: str, timeout: float = 60) -> None:
 
 def _title_starting(page, prefix: str) -> str:
     return next(t for t in _options(page, "setting_sd_model_checkpoint") if t.startswith(prefix))
+
+
+def test_img2img_tab_generates_from_the_picture_as_the_api_does(page, server: Server, artifacts: Path,
+                                                                   tmp_path: Path) -> None:
+    """A1111's img2img tab: drop a picture, pick a resize mode and a denoising strength, Ctrl+Enter in its prompt;
+    the image equals the one ``POST /sdapi/v1/img2img`` makes from the same picture and settings, and the
+    infotext says ``Denoising strength``. Without a picture the page says what to do."""
+    import base64
+
+    from test_img2img import picture
+
+    source = tmp_path / "start.png"
+    picture(96, 64).save(source)
+    page.locator("#tabs button[role=tab]", has_text="img2img").click()
+    page.locator("#img2img_generate").click()
+    sync_api.expect(page.locator(".toast-body.error")).to_contain_text("Put a picture in the img2img image box")
+    page.locator("#img2img_image input[type=file]").set_input_files(str(source))
+    page.locator("#resize_mode label", has_text="Crop and resize").click()
+    set_numbers(page, {"img2img_steps": 6, "img2img_width": 64, "img2img_height": 64, "img2img_seed": 99,
+                       "img2img_denoising_strength": 0.6})
+    choose(page, "img2img_sampling", "Euler a")
+    prompt = page.locator("#img2img_prompt textarea")
+    prompt.fill("a sunny field")
+    prompt.press("Control+Enter")
+    page.wait_for_selector("#img2img_gallery img", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#html_info_img2img textarea")).not_to_have_value("")
+    text = text_of(page, "html_info_img2img")
+    assert text.startswith("a sunny field\nSteps: 6, Sampler: Euler a,") and "Denoising strength: 0.6" in text
+    shot(page, artifacts, "07b-img2img")
+    src = page.locator("#img2img_gallery img").first.get_attribute("src")
+    shown = Image.open(BytesIO(page.request.get(src).body())).convert("RGB")
+    payload = {"prompt": "a sunny field", "steps": 6, "width": 64, "height": 64, "seed": 99, "cfg_scale": 7,
+               "sampler_name": "Euler a", "denoising_strength": 0.6, "resize_mode": 1,
+               "init_images": [base64.b64encode(source.read_bytes()).decode("ascii")]}
+    reply = requests.post(server.api("img2img"), json=payload, timeout=300)
+    assert reply.status_code == 200, reply.text
+    api_image = Image.open(BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB")
+    assert shown.size == (64, 64) and np.array_equal(np.asarray(shown), np.asarray(api_image))
+    assert page.locator("#txt2img_gallery img").count() == 0  # the txt2img tab's results are its own
 
 
 def test_settings_are_saved_and_survive_a_reload(page, server: Server, artifacts: Path) -> None:

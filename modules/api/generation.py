@@ -1,14 +1,16 @@
-"""Routes that run or follow jobs: txt2img, progress (with the live preview), interrupt, skip, /internal/progress.
+"""Routes that run or follow jobs: txt2img, img2img, progress (with the live preview), interrupt, skip,
+/internal/progress.
 
-A txt2img request is prepared in this order, as A1111 does: the ``infotext`` field fills what the request did not
-set, styles are applied to the prompts, every name is checked against its library (:mod:`modules.api.resolve`),
-then the job goes into the one queue under its id (``force_task_id`` or ``task(n)``). The infotext and
-``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent.
+A txt2img or img2img request is prepared in this order, as A1111 does: the ``infotext`` field fills what the request
+did not set, styles are applied to the prompts, every name is checked against its library
+(:mod:`modules.api.resolve`), then the job goes into the one queue under its id (``force_task_id`` or ``task(n)``).
+The infotext and ``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import threading
@@ -98,11 +100,14 @@ class Prepared:
     negative_prompt: str
 
 
-def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared:
-    """Infotext, styles, name checks, parameters — everything that can refuse a request before it is queued."""
+def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest, hires_allowed: bool = True) -> Prepared:
+    """Infotext, styles, name checks, parameters — everything that can refuse a request before it is queued.
+    ``hires_allowed=False`` (img2img) keeps Hires. fix off even when a pasted infotext had it on."""
     if request.force_task_id is not None and len(request.force_task_id) > MAX_TASK_ID:
         raise ParamsError(f"force_task_id is longer than {MAX_TASK_ID} characters")
     paste.apply_to_request(state, request)
+    if not hires_allowed:
+        request.enable_hr = False
     prompt, negative = request.prompt, request.negative_prompt
     if request.styles:
         names = [check_name("styles", name) for name in request.styles]
@@ -121,7 +126,25 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest) -> Prepared
     return Prepared(params, comments, prompt, negative)
 
 
-def run_txt2img(state: AppState, params: GenerationParams) -> processing.Processed:
+def prepare_img2img(state: AppState, request: models.Img2ImgRequest) -> Prepared:
+    """:func:`prepare_txt2img` plus the init pictures (decoded here, so a bad one is refused before queueing), the
+    resize mode and the noise multiplier. Masks (inpainting) are refused with what to do instead."""
+    if request.mask or request.latent_mask:
+        raise ParamsError("inpainting (mask, latent_mask) is not supported yet; send the picture without a mask "
+                          "for img2img")
+    if not request.init_images:
+        raise ParamsError("init_images is empty: img2img needs at least one picture (base64 PNG, JPEG or WEBP)")
+    pictures = tuple(paste.read_picture(encoded, f"init_images[{i}]") for i, encoded in enumerate(request.init_images))
+    prepared = prepare_txt2img(state, request, hires_allowed=False)
+    if request.image_cfg_scale is not None:
+        prepared.comments.append("image_cfg_scale: only instruct-pix2pix models use it; ignored")
+    strength = 0.75 if request.denoising_strength is None else request.denoising_strength
+    params = dataclasses.replace(prepared.params, init_images=pictures, resize_mode=request.resize_mode,
+                                 denoising_strength=strength, initial_noise_multiplier=request.initial_noise_multiplier)
+    return dataclasses.replace(prepared, params=params.validate())
+
+
+def run_generation(state: AppState, params: GenerationParams) -> processing.Processed:
     """The job itself, on the queue's worker: embeddings named in the prompts are checked once they are listed."""
     resolve.refresh_embeddings(state)
     resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt] + (
@@ -149,13 +172,26 @@ class PreviewCache:
 
 
 def add_routes(router: APIRouter, state: AppState, run_job) -> None:
-    """txt2img, progress, interrupt and skip on ``router``."""
+    """txt2img, img2img, progress, interrupt and skip on ``router``."""
     preview = PreviewCache(state)
 
     @router.post("/txt2img", response_model=models.ImageResponse)
     async def txt2img(request: models.Txt2ImgRequest) -> models.ImageResponse:
         prepared = await run_in_threadpool(prepare_txt2img, state, request)
-        processed = await run_job(run_txt2img, state, prepared.params, task_id=request.force_task_id)
+        return await respond(request, prepared, request.model_dump())
+
+    @router.post("/img2img", response_model=models.ImageResponse)
+    async def img2img(request: models.Img2ImgRequest) -> models.ImageResponse:
+        prepared = await run_in_threadpool(prepare_img2img, state, request)
+        parameters = request.model_dump()
+        if not request.include_init_images:  # A1111 sends the pictures back only when asked
+            parameters.update(init_images=None, mask=None)
+        return await respond(request, prepared, parameters)
+
+    async def respond(request: models.Txt2ImgRequest, prepared: Prepared,
+                      parameters: dict[str, object]) -> models.ImageResponse:
+        """Run the prepared job in the queue and answer as A1111 does."""
+        processed = await run_job(run_generation, state, prepared.params, task_id=request.force_task_id)
         processed.comments.extend(prepared.comments)
         if not request.override_settings_restore_afterwards:
             for key, value in prepared.params.override_settings.items():
@@ -165,7 +201,7 @@ def add_routes(router: APIRouter, state: AppState, run_job) -> None:
             images = [encode_png(image, text) for image, text in zip(processed.images, processed.infotexts)]
         info = processed.info()
         info.update(prompt=prepared.prompt, negative_prompt=prepared.negative_prompt, styles=list(request.styles or []))
-        return models.ImageResponse(images=images, parameters=request.model_dump(), info=json.dumps(info))
+        return models.ImageResponse(images=images, parameters=parameters, info=json.dumps(info))
 
     @router.get("/progress", response_model=models.ProgressResponse)
     def progress(skip_current_image: bool = False) -> models.ProgressResponse:

@@ -73,8 +73,32 @@ class Txt2ImgRequest(BaseModel):
     infotext: str | None = None
 
 
+class Img2ImgRequest(Txt2ImgRequest):
+    """POST /sdapi/v1/img2img: txt2img's fields (the hires ones unused: A1111's img2img has no Hires. fix) and
+    img2img's. Inpainting (``mask``, ``latent_mask``) is refused for now; its fields are accepted with A1111's
+    defaults so that clients that always send them keep working."""
+
+    init_images: list[str] | None = None
+    resize_mode: int = 0
+    denoising_strength: float | None = 0.75
+    image_cfg_scale: float | None = None
+    mask: str | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    mask_blur: int | None = None
+    mask_round: bool = True
+    inpainting_fill: int = 0
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0
+    initial_noise_multiplier: float | None = None
+    latent_mask: str | None = None
+    include_init_images: bool = False
+
+
 class ImageResponse(BaseModel):
-    """Response of txt2img: base64 PNGs (with their infotext chunk), the request, and ``info`` as a JSON string."""
+    """Response of txt2img and img2img: base64 PNGs (with their infotext chunk), the request, and ``info`` as a
+    JSON string."""
 
     images: list[str] | None = None
     parameters: dict[str, Any]

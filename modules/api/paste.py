@@ -182,6 +182,21 @@ def read_image(encoded: str) -> Image.Image:
     return image
 
 
+def read_picture(encoded: object, field: str) -> Image.Image:
+    """A posted picture to generate from (:func:`read_image`), fully decoded now, so that a truncated or corrupt
+    file is refused with the field's name before any job is queued."""
+    if not isinstance(encoded, str) or not encoded.strip():
+        raise ImageDecodeError(f"{field} is empty; send a base64 PNG, JPEG or WEBP")
+    try:
+        image = read_image(encoded)
+        image.load()
+    except ImageDecodeError as e:
+        raise ImageDecodeError(f"{field}: {e}") from None
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageDecodeError(f"{field}: the picture cannot be decoded ({e})") from None
+    return image
+
+
 def info_items(image: Image.Image) -> dict[str, Any]:
     """``image.info`` without the infotext and A1111's ignored keys, made JSON-safe (png-info's ``items``)."""
     items: dict[str, Any] = {}

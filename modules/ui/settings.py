@@ -17,7 +17,7 @@ from modules.ui import common
 
 SECTION_TITLES = {
     "sd": "Stable Diffusion", "sampler": "Sampler parameters", "extra_networks": "Extra Networks",
-    "ui": "User interface", "saving": "Saving images/grids", "infotext": "Infotext",
+    "img2img": "img2img", "ui": "User interface", "saving": "Saving images/grids", "infotext": "Infotext",
     "compatibility": "Compatibility",
 }
 QUICKSETTINGS = frozenset({"sd_model_checkpoint", "sd_vae"})  # shown at the top of the page instead

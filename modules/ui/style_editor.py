@@ -1,4 +1,5 @@
-"""Styles on the txt2img tab (A1111's styles.csv): choose styles, apply them into the prompt, edit and save them.
+"""Styles on the txt2img and img2img tabs (A1111's styles.csv): choose styles, apply them into the prompt, edit and
+save them.
 
 The style database (:mod:`modules.styles`) owns the files and the merge rules; this module only wires controls.
 """
@@ -33,27 +34,28 @@ def apply_selected(state: AppState, prompt: str, negative: str, selected: list[s
         raise gr.Error(str(e)) from e
 
 
-def create_row(state: AppState) -> StyleControls:
+def create_row(state: AppState, tab: str = "txt2img") -> StyleControls:
     """The styles dropdown and its 📋 button (placed under the Generate button, as in A1111)."""
-    with gr.Row(elem_id="txt2img_styles_row"):
+    with gr.Row(elem_id=f"{tab}_styles_row"):
         selected = gr.Dropdown(label="Styles", choices=names(state), value=[], multiselect=True,
-                               elem_id="txt2img_styles", scale=4)
-        apply = gr.Button("📋", elem_id="txt2img_style_apply", scale=0, min_width=40)
+                               elem_id=f"{tab}_styles", scale=4)
+        apply = gr.Button("📋", elem_id=f"{tab}_style_apply", scale=0, min_width=40)
     return StyleControls(selected, apply)
 
 
-def create_editor(state: AppState, prompt: gr.Textbox, negative: gr.Textbox, controls: StyleControls) -> None:
+def create_editor(state: AppState, prompt: gr.Textbox, negative: gr.Textbox, controls: StyleControls,
+                  tab: str = "txt2img") -> None:
     """The "Styles" accordion: pick a style by name (or type a new one), copy the prompts into it, save, delete."""
-    with gr.Accordion("Edit styles", open=False, elem_id="txt2img_styles_editor"):
+    with gr.Accordion("Edit styles", open=False, elem_id=f"{tab}_styles_editor"):
         with gr.Row():
             name = gr.Dropdown(label="Style", choices=names(state), value=None, allow_custom_value=True,
-                               elem_id="txt2img_edit_style_name", scale=4)
-            copy = gr.Button("Copy from prompt", elem_id="txt2img_edit_style_copy", scale=1)
-        style_prompt = gr.Textbox(label="Style prompt", lines=2, elem_id="txt2img_edit_style_prompt")
-        style_negative = gr.Textbox(label="Style negative prompt", lines=2, elem_id="txt2img_edit_style_neg_prompt")
+                               elem_id=f"{tab}_edit_style_name", scale=4)
+            copy = gr.Button("Copy from prompt", elem_id=f"{tab}_edit_style_copy", scale=1)
+        style_prompt = gr.Textbox(label="Style prompt", lines=2, elem_id=f"{tab}_edit_style_prompt")
+        style_negative = gr.Textbox(label="Style negative prompt", lines=2, elem_id=f"{tab}_edit_style_neg_prompt")
         with gr.Row():
-            save = gr.Button("Save style", variant="primary", elem_id="txt2img_edit_style_save")
-            delete = gr.Button("Delete style", variant="stop", elem_id="txt2img_edit_style_delete")
+            save = gr.Button("Save style", variant="primary", elem_id=f"{tab}_edit_style_save")
+            delete = gr.Button("Delete style", variant="stop", elem_id=f"{tab}_edit_style_delete")
 
     def show(style_name: str | None):
         database = styles.for_state(state)

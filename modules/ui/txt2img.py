@@ -1,4 +1,5 @@
-"""The page (Gradio 6 Blocks): quicksettings, the txt2img tab in A1111 1.10's layout, PNG Info and Settings.
+"""The page (Gradio 6 Blocks): quicksettings, the txt2img and img2img tabs in A1111 1.10's layout, PNG Info, Train
+and Settings.
 
 No business logic here: handlers build :class:`GenerationParams` and submit :func:`processing.process` to the
 job queue shared with the API, follow it with :mod:`modules.ui.progress`, or change a setting through the queue
@@ -7,12 +8,13 @@ job queue shared with the API, follow it with :mod:`modules.ui.progress`, or cha
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import hires, processing, samplers
+from modules import hires, img2img, processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
@@ -53,6 +55,15 @@ class HiresControls:
 
 
 @dataclass
+class Img2ImgControls:
+    """The img2img tab's own controls: the picture, A1111's resize mode and the denoising strength."""
+
+    image: gr.Image
+    resize_mode: gr.Radio
+    denoising_strength: gr.Slider | None = None  # made later, under CFG Scale (A1111's place)
+
+
+@dataclass
 class Txt2ImgControls:
     prompt: gr.Textbox
     negative: gr.Textbox
@@ -72,14 +83,18 @@ class Txt2ImgControls:
     overrides: gr.Dropdown
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
-    hires: HiresControls
+    hires: HiresControls | None  # txt2img's
+    img2img: Img2ImgControls | None = None  # img2img's
 
     def job_inputs(self) -> list[gr.components.Component]:
-        """The inputs of :func:`build_params`, in its argument order."""
-        return [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
-                self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed, self.subseed,
-                self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
-                self.seed_resize_from_h, *self.hires.job_inputs()]
+        """The inputs of :func:`build_params` (txt2img) or :func:`build_img2img_params`, in argument order."""
+        common = [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
+                  self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed,
+                  self.subseed, self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
+                  self.seed_resize_from_h]
+        if self.img2img is not None:
+            return [self.img2img.image, self.img2img.resize_mode, self.img2img.denoising_strength, *common]
+        return [*common, *self.hires.job_inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
         found = {**vars(self.hires), **vars(self)}
@@ -100,7 +115,9 @@ def create_ui(state: AppState) -> gr.Blocks:
         js_options = gr.JSON(assets.js_options(state.opts), visible=False, elem_id="webui_js_options")
         with gr.Tabs(elem_id="tabs") as tabs:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                controls, progress_html = _txt2img_tab(state, checkpoint)
+                controls, progress_html = _generation_tab(state, checkpoint)
+            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
+                _generation_tab(state, checkpoint, "img2img")
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 parameters, send = png_info.create_tab(state)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
@@ -133,77 +150,86 @@ def create_ui(state: AppState) -> gr.Blocks:
     return demo
 
 
-def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgControls, gr.HTML]:
-    with gr.Row(elem_id="txt2img_toprow"):
+def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2img") -> tuple[Txt2ImgControls, gr.HTML]:
+    """The txt2img tab, or (``tab="img2img"``) A1111's img2img tab: the same prompts, networks panel, sampler,
+    size, seeds and results (every element id prefixed with the tab's name, as in A1111), plus the picture to start
+    from, the resize mode and the denoising strength instead of the Hires. fix accordion."""
+    with gr.Row(elem_id=f"{tab}_toprow"):
         with gr.Column(scale=6):
-            prompt = gr.Textbox(label="Prompt", lines=3, elem_id="txt2img_prompt",
+            prompt = gr.Textbox(label="Prompt", lines=3, elem_id=f"{tab}_prompt",
                                 placeholder="Prompt (press Ctrl+Enter to generate, Alt+Enter to skip)")
-            prompt_count = gr.Markdown("0/75", elem_id="txt2img_token_counter", elem_classes="webui-token-counter")
-            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="txt2img_neg_prompt",
+            prompt_count = gr.Markdown("0/75", elem_id=f"{tab}_token_counter", elem_classes="webui-token-counter")
+            negative = gr.Textbox(label="Negative prompt", lines=2, elem_id=f"{tab}_neg_prompt",
                                   placeholder="Negative prompt (press Ctrl+Enter to generate)")
-            negative_count = gr.Markdown("0/75", elem_id="txt2img_negative_token_counter",
+            negative_count = gr.Markdown("0/75", elem_id=f"{tab}_negative_token_counter",
                                          elem_classes="webui-token-counter")
         with gr.Column(scale=2, min_width=200):
-            generate = gr.Button("Generate", variant="primary", elem_id="txt2img_generate")
+            generate = gr.Button("Generate", variant="primary", elem_id=f"{tab}_generate")
             with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id="txt2img_interrupt")
-                skip = gr.Button("Skip", elem_id="txt2img_skip")
-            style_controls = style_editor.create_row(state)
+                interrupt = gr.Button("Interrupt", elem_id=f"{tab}_interrupt")
+                skip = gr.Button("Skip", elem_id=f"{tab}_skip")
+            style_controls = style_editor.create_row(state, tab)
     extra_networks_panel.create_panel(state, prompt, negative, checkpoint)
     with gr.Row(equal_height=False):
-        with gr.Column(elem_id="txt2img_settings"):
+        with gr.Column(elem_id=f"{tab}_settings"):
+            i2i_controls = _img2img_inputs() if tab == "img2img" else None
             with gr.Row():
-                sampler = gr.Dropdown(label="Sampling method", elem_id="txt2img_sampling",
+                sampler = gr.Dropdown(label="Sampling method", elem_id=f"{tab}_sampling",
                                       choices=[s.name for s in samplers.SAMPLERS], value="DPM++ 2M")
-                schedule = gr.Dropdown(label="Schedule type", elem_id="txt2img_scheduler",
+                schedule = gr.Dropdown(label="Schedule type", elem_id=f"{tab}_scheduler",
                                        choices=list(samplers.SCHEDULE_NAMES.values()), value="Automatic")
-            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id="txt2img_steps")
-            hires_controls = _hires_section(state)  # A1111's "accordions" row: after the sampler, before the size
+            steps = gr.Slider(1, 150, value=20, step=1, label="Sampling steps", elem_id=f"{tab}_steps")
+            # A1111's "accordions" row: after the sampler, before the size
+            hires_controls = _hires_section(state) if tab == "txt2img" else None
             with gr.Row():
                 with gr.Column(scale=4):
-                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id="txt2img_width")
-                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id="txt2img_height")
-                swap = gr.Button("⇅", elem_id="txt2img_res_switch_btn", scale=0, min_width=40)
+                    width = gr.Slider(64, 2048, value=512, step=8, label="Width", elem_id=f"{tab}_width")
+                    height = gr.Slider(64, 2048, value=512, step=8, label="Height", elem_id=f"{tab}_height")
+                swap = gr.Button("⇅", elem_id=f"{tab}_res_switch_btn", scale=0, min_width=40)
                 with gr.Column(scale=2):
-                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id="txt2img_batch_count")
-                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id="txt2img_batch_size")
-            cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id="txt2img_cfg_scale")
-            with gr.Row(elem_id="txt2img_seed_row"):
-                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id="txt2img_seed", scale=4)
-                random_seed = gr.Button("🎲", elem_id="txt2img_random_seed", scale=0, min_width=40)
-                reuse_seed = gr.Button("♻️", elem_id="txt2img_reuse_seed", scale=0, min_width=40)
-            with gr.Row(elem_id="txt2img_subseed_row"):
-                subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id="txt2img_subseed", scale=4)
-                random_subseed = gr.Button("🎲", elem_id="txt2img_random_subseed", scale=0, min_width=40)
-                reuse_subseed = gr.Button("♻️", elem_id="txt2img_reuse_subseed", scale=0, min_width=40)
+                    batch_count = gr.Slider(1, 100, value=1, step=1, label="Batch count", elem_id=f"{tab}_batch_count")
+                    batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
+            cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
+            if i2i_controls is not None:
+                i2i_controls.denoising_strength = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
+                                                            elem_id="img2img_denoising_strength")
+            with gr.Row(elem_id=f"{tab}_seed_row"):
+                seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
+                random_seed = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
+                reuse_seed = gr.Button("♻️", elem_id=f"{tab}_reuse_seed", scale=0, min_width=40)
+            with gr.Row(elem_id=f"{tab}_subseed_row"):
+                subseed = gr.Number(label="Variation seed", value=-1, precision=0, elem_id=f"{tab}_subseed", scale=4)
+                random_subseed = gr.Button("🎲", elem_id=f"{tab}_random_subseed", scale=0, min_width=40)
+                reuse_subseed = gr.Button("♻️", elem_id=f"{tab}_reuse_subseed", scale=0, min_width=40)
                 subseed_strength = gr.Slider(0.0, 1.0, value=0.0, step=0.01, label="Variation strength",
-                                             elem_id="txt2img_subseed_strength", scale=4)
-            with gr.Row(elem_id="txt2img_seed_resize_row"):  # 0: off (the seed is used at the size asked)
+                                             elem_id=f"{tab}_subseed_strength", scale=4)
+            with gr.Row(elem_id=f"{tab}_seed_resize_row"):  # 0: off (the seed is used at the size asked)
                 seed_resize_from_w = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from width",
-                                               elem_id="txt2img_seed_resize_from_w")
+                                               elem_id=f"{tab}_seed_resize_from_w")
                 seed_resize_from_h = gr.Slider(0, 2048, value=0, step=8, label="Resize seed from height",
-                                               elem_id="txt2img_seed_resize_from_h")
+                                               elem_id=f"{tab}_seed_resize_from_h")
             clip_skip = gr.Slider(1, 12, value=int(state.opts["CLIP_stop_at_last_layers"]), step=1, label="Clip skip",
-                                  elem_id="txt2img_clip_skip")
+                                  elem_id=f"{tab}_clip_skip")
             overrides = gr.Dropdown(label="Override settings", choices=[], value=[], multiselect=True,
-                                    allow_custom_value=True, visible=False, elem_id="txt2img_override_settings")
-            style_editor.create_editor(state, prompt, negative, style_controls)
-        with gr.Column(elem_id="txt2img_results"):
-            progress_html = gr.HTML("", elem_id="txt2img_progress")
+                                    allow_custom_value=True, visible=False, elem_id=f"{tab}_override_settings")
+            style_editor.create_editor(state, prompt, negative, style_controls, tab)
+        with gr.Column(elem_id=f"{tab}_results"):
+            progress_html = gr.HTML("", elem_id=f"{tab}_progress")
             gallery = gr.Gallery(label="Output", columns=4, height="auto", buttons=["download", "fullscreen"],
-                                 elem_id="txt2img_gallery", format="png", interactive=False)
-            info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id="html_info_txt2img")
+                                 elem_id=f"{tab}_gallery", format="png", interactive=False)
+            info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"html_info_{tab}")
             generation_info = gr.State({})
             selected = gr.State(None)
 
     controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
                                batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
-                               seed_resize_from_w, seed_resize_from_h, hires_controls)
+                               seed_resize_from_w, seed_resize_from_h, hires_controls, i2i_controls)
+    make_params = build_img2img_params if i2i_controls is not None else build_params
 
     def run(*values):
-        params = build_params(state, *values)
+        params = make_params(state, *values)
         job_id, future = state.queue.submit(processing.process, state, params)
-        logger.debug("txt2img job %s queued", job_id)
+        logger.debug("%s job %s queued", tab, job_id)
         for html_text in progress.follow(state, job_id, future):
             yield gr.skip(), gr.skip(), html_text, gr.skip(), gr.skip()
         try:
@@ -219,7 +245,7 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
 
     outputs = [gallery, info, progress_html, generation_info, selected]
     generate.click(run, inputs=controls.job_inputs(), outputs=outputs, concurrency_limit=None,
-                   show_progress="hidden", api_name="txt2img")
+                   show_progress="hidden", api_name=tab)
     interrupt.click(lambda: state.job.interrupt(), queue=False, api_visibility="private")
     skip.click(lambda: state.job.skip(), queue=False, api_visibility="private")
     swap.click(lambda w, h: (h, w), inputs=[width, height], outputs=[width, height], queue=False,
@@ -242,8 +268,34 @@ def _txt2img_tab(state: AppState, checkpoint: gr.Dropdown) -> tuple[Txt2ImgContr
                    outputs=counter, queue=False, trigger_mode="always_last", show_progress="hidden",
                    api_visibility="private")
     style_editor.wire_apply(state, style_controls, prompt, negative)
-    _wire_hires(hires_controls, width, height)
+    if hires_controls is not None:
+        _wire_hires(hires_controls, width, height)
     return controls, progress_html
+
+
+def _img2img_inputs() -> Img2ImgControls:
+    """The picture to start from (transparency kept: the job flattens it onto the background setting) and the
+    resize mode, at the top of the img2img settings as in A1111."""
+    image = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
+                     elem_id="img2img_image", height=360)
+    resize_mode = gr.Radio(label="Resize mode", choices=list(img2img.RESIZE_MODES), value=img2img.RESIZE_MODES[0],
+                           elem_id="resize_mode")
+    return Img2ImgControls(image, resize_mode)
+
+
+def build_img2img_params(state: AppState, image, resize_mode: str, denoising_strength: float,
+                         *values) -> GenerationParams:
+    """The img2img job the controls describe: :func:`build_params`' values (``values``, in its order) and the
+    picture, resize mode and denoising strength; ``gr.Error`` when there is no picture or a value is bad."""
+    if image is None:
+        raise gr.Error("Put a picture in the img2img image box first (drop, paste or click to upload)")
+    params = build_params(state, *values)
+    try:
+        mode = img2img.RESIZE_MODES.index(resize_mode) if resize_mode in img2img.RESIZE_MODES else int(resize_mode)
+        return dataclasses.replace(params, init_images=(image,), resize_mode=mode,
+                                   denoising_strength=_number(denoising_strength)).validate()
+    except (ValueError, TypeError) as e:
+        raise gr.Error(str(e)) from e
 
 
 def _hires_section(state: AppState) -> HiresControls:

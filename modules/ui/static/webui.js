@@ -18,7 +18,7 @@ window.webuiOpts = Object.assign({
 
 window.webuiPromptBox = function (target) {
     if (!target || target.tagName !== "TEXTAREA") return null;
-    return target.closest("#txt2img_prompt, #txt2img_neg_prompt");
+    return target.closest("#txt2img_prompt, #txt2img_neg_prompt, #img2img_prompt, #img2img_neg_prompt");
 };
 
 window.webuiFormatWeight = function (weight) {
@@ -90,7 +90,8 @@ if (!window.webuiKeysInstalled) {
         const ctrl = event.ctrlKey || event.metaKey;
         if (event.key === "Enter" && (ctrl || event.altKey)) {
             event.preventDefault();
-            const button = document.getElementById(ctrl ? "txt2img_generate" : "txt2img_skip");
+            const tab = box.id.split("_")[0];  // the prompt's tab: txt2img or img2img
+            const button = document.getElementById(tab + (ctrl ? "_generate" : "_skip"));
             if (button) button.click();
             return;
         }
