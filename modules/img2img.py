@@ -93,7 +93,12 @@ def batch_pictures(images: Sequence[Image.Image], batch_size: int, width: int, h
     if mode == LATENT_RESIZE and len({p.size for p in pictures}) > 1:
         raise Img2ImgError("with Just resize (latent upscale) the init images must all have one size; got "
                            + ", ".join(f"{p.width}x{p.height}" for p in pictures))
-    return pictures * batch_size if len(pictures) == 1 else pictures
+    return for_batch(pictures, batch_size)
+
+
+def for_batch(items: list, batch_size: int) -> list:
+    """One item per batch image: a single one repeated, several as they are (A1111)."""
+    return items * batch_size if len(items) == 1 else list(items)
 
 
 def batch_size_for(images: Sequence[Image.Image], batch_size: int) -> int:

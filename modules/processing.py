@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, img2img, infotext, prompt_encoder,
-                     rng, samplers, sampling)
+from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, img2img, infotext, masking,
+                     prompt_encoder, rng, samplers, sampling)
 from modules.processing_params import GenerationParams
 from modules.sd_models import CheckpointInfo, LoadedModel, ModelManager
 from modules.state import AppState
@@ -96,20 +96,33 @@ class HiresSetup:
 @dataclass(frozen=True, slots=True)
 class Img2ImgSetup:
     """An img2img job's start: its pictures fitted to the job's size (one per batch image), the steps that run,
-    and the noise multiplier (the job's, else the ``initial_noise_multiplier`` setting)."""
+    the noise multiplier (the job's, else the ``initial_noise_multiplier`` setting) and, with a mask, the
+    inpainting (:mod:`modules.masking`)."""
 
     pictures: list[Image.Image]
     plan: hires.StepPlan
     noise_multiplier: float
+    inpaint: masking.Inpaint | None = None
 
     @classmethod
-    def of(cls, params: GenerationParams, opts: dict[str, object]) -> Img2ImgSetup:
-        pictures = img2img.batch_pictures(params.init_images, params.batch_size, params.width, params.height,
-                                          params.resize_mode, str(opts["img2img_background_color"]))
-        multiplier = params.initial_noise_multiplier
-        return cls(pictures, img2img.step_plan(params.steps, float(params.denoising_strength),
-                                               bool(opts["img2img_fix_steps"])),
-                   float(opts["initial_noise_multiplier"] if multiplier is None else multiplier))
+    def of(cls, params: GenerationParams, opts: dict[str, object], comments: list[str]) -> Img2ImgSetup:
+        p, background = params, str(opts["img2img_background_color"])
+        inpaint = None
+        if p.mask is None:
+            pictures = img2img.batch_pictures(p.init_images, p.batch_size, p.width, p.height, p.resize_mode,
+                                              background)
+        else:
+            flat = [img2img.flatten(image, background) for image in p.init_images]
+            fitted, inpaint = masking.prepare(flat, p.mask, p.width, p.height, p.resize_mode, p.mask_blur_x,
+                                              p.mask_blur_y, p.inpainting_fill, p.inpaint_full_res,
+                                              p.inpaint_full_res_padding, bool(p.inpainting_mask_invert),
+                                              p.mask_round, comments)
+            pictures = img2img.for_batch(fitted, p.batch_size)
+            if inpaint is not None:
+                inpaint.overlays = img2img.for_batch(inpaint.overlays, p.batch_size)
+        multiplier = p.initial_noise_multiplier
+        return cls(pictures, img2img.step_plan(p.steps, float(p.denoising_strength), bool(opts["img2img_fix_steps"])),
+                   float(opts["initial_noise_multiplier"] if multiplier is None else multiplier), inpaint)
 
 
 @dataclass
@@ -175,7 +188,8 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     setup = JobSetup.of(params, model, opts)
     sampler, schedule = setup.sampler, setup.schedule
     hr = HiresSetup.of(setup, state.models) if params.enable_hr else None
-    i2i = Img2ImgSetup.of(params, opts) if params.init_images else None  # pictures fitted before anything loads
+    comments: list[str] = []
+    i2i = Img2ImgSetup.of(params, opts, comments) if params.init_images else None  # fitted before the job starts
 
     # 2. Seeds: seed + i per image (A1111), or one seed and subseed + i with a variation strength.
     seed, subseed = rng.fix_seed(params.seed), rng.fix_seed(params.subseed)
@@ -189,14 +203,17 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     samples: list[Image.Image] = []
     texts: list[str] = []
     saved: list[Path] = []
-    comments: list[str] = []
     job_extra: dict[str, object] = {}
     held = contextlib.ExitStack()
     try:
         if hr is not None and hr.checkpoint is not None:
             held.enter_context(state.models.two_at_once())  # switch back and forth without re-reading files
-        # 2b. img2img: the fitted pictures VAE-encoded once; every batch starts from them.
+        # 2b. img2img: the fitted pictures VAE-encoded once; every batch starts from them. Inpainting: the mask at
+        #     latent size (1 where redrawn), and "latent noise"/"latent nothing" put into the masked latents.
         init_latents = _encode_init(state, model, params, i2i) if i2i is not None else None
+        redraw = None
+        if i2i is not None and i2i.inpaint is not None:
+            redraw, init_latents = _inpaint_latents(state, setup, i2i.inpaint, init_latents, all_seeds)
         for n in range(params.n_iter):
             if state.job.interrupted:
                 break
@@ -229,10 +246,14 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                             _on_device(model, "unet"), _unet_compilation(state, ctx):
                         latents = sampling.denoise(pipe.unet, run, noise, guidance, plan.total,
                                                    callback=_step_callback(state, bar), init=init_latents,
-                                                   skip=plan.skip)
+                                                   skip=plan.skip, redraw=redraw)
             comments.extend(c for c in ctx.comments if c not in comments)
             _check_nans(state, latents)
-            extra = {**ctx.infotext, **extra, **(img2img.infotext_fields(i2i.noise_multiplier) if i2i else {})}
+            if i2i is not None:  # A1111's order: the networks' fields, the inpainting ones, then the sampler's
+                extra = {**ctx.infotext, **(i2i.inpaint.fields if i2i.inpaint else {}), **extra,
+                         **img2img.infotext_fields(i2i.noise_multiplier)}
+            else:
+                extra = {**ctx.infotext, **extra}
 
             # 7. Hires. fix: upscale, then a second pass at the new size with the hires prompts and their networks,
             #    on the hires checkpoint if one is named (whose VAE then decodes, as in A1111) — unless the batch
@@ -261,6 +282,9 @@ def process(state: AppState, params: GenerationParams) -> Processed:
             job_extra = job_extra or extra
             if pictures is None:
                 pictures = _decode(state, model, latents, comments)
+            if i2i is not None and i2i.inpaint is not None:  # the unmasked part of the picture laid back on top
+                pictures = [masking.apply_overlay(picture, i2i.inpaint.paste_to, i2i.inpaint.overlays[i])
+                            for i, picture in enumerate(pictures)]
             for i, image in enumerate(pictures):
                 index = n * params.batch_size + i
                 text = create_infotext(setup, extra, all_prompts[index], all_negative[index], all_seeds[index],
@@ -354,6 +378,22 @@ def _encode_init(state: AppState, model: LoadedModel, params: GenerationParams, 
     with _on_device(model, "vae"):
         latents = sampling.encode(model.pipe.vae, i2i.pictures, tiled=_vae_tiled(state, width, height))
     return img2img.resize_latents(latents.to(state.policy.device), params.resize_mode, params.width, params.height)
+
+
+def _inpaint_latents(state: AppState, setup: JobSetup, inpaint: masking.Inpaint, init: torch.Tensor,
+                     all_seeds: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampler's mask (1 where redrawn) at the latents' size, and the latents to start from: with "latent
+    noise" the masked part is the first batch's seeds' plain noise (A1111 takes those seeds for every batch),
+    with "latent nothing" zeros."""
+    redraw = inpaint.redraw(init.shape[-2], init.shape[-1]).to(init.device)
+    if inpaint.fill == 2:
+        seeds = all_seeds[:init.shape[0]]
+        noise, _ = rng.initial_noise(tuple(init.shape[1:]), seeds, seeds, 0.0, init.device,
+                                     str(setup.opts["randn_source"]), 0, (0, 0))
+        init = init * (1 - redraw) + noise * redraw
+    elif inpaint.fill == 3:
+        init = init * (1 - redraw)
+    return redraw, init
 
 
 def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives: list[str],

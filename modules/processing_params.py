@@ -64,6 +64,15 @@ class GenerationParams:
     init_images: tuple[Image.Image, ...] = ()
     resize_mode: int = 0  # img2img.RESIZE_MODES: Just resize, Crop and resize, Resize and fill, latent upscale
     initial_noise_multiplier: float | None = None  # None: the initial_noise_multiplier setting
+    # inpainting (modules/masking.py): a mask, white or opaque where the picture is redrawn; A1111's API defaults
+    mask: Image.Image | None = None
+    mask_blur_x: int = 4
+    mask_blur_y: int = 4
+    inpainting_fill: int = 0  # masking.MASKED_CONTENT: fill, original, latent noise, latent nothing
+    inpaint_full_res: bool = True  # "Only masked" (the page's default is "Whole picture")
+    inpaint_full_res_padding: int = 0
+    inpainting_mask_invert: int = 0  # 1: "Inpaint not masked"
+    mask_round: bool = True
     save_images: bool = True
     override_settings: Mapping[str, object] = field(default_factory=dict)
 
@@ -121,6 +130,14 @@ class GenerationParams:
             img2img.check_size(self.init_images, self.resize_mode, MAX_SIDE)
         except img2img.Img2ImgError as e:
             raise ParamsError(str(e)) from None
+        if self.mask is not None:
+            if not isinstance(self.mask, Image.Image):
+                raise ParamsError("mask must be a picture")
+            _check_int("mask_blur_x", self.mask_blur_x, 0, 64)
+            _check_int("mask_blur_y", self.mask_blur_y, 0, 64)
+            _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
+            _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
+            _check_int("inpainting_mask_invert", int(self.inpainting_mask_invert), 0, 1)
         if len(self.init_images) > self.batch_size:
             raise ParamsError(f"{len(self.init_images)} init images were sent for a batch of {self.batch_size}; "
                               f"send one image, or at most batch_size ({self.batch_size})")

@@ -10,6 +10,7 @@ the two give the same latents.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -75,13 +76,18 @@ class Guidance:
 
 @torch.no_grad()
 def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidance: Guidance, steps: int,
-            callback: StepCallback | None = None, init: torch.Tensor | None = None, skip: int = 0) -> torch.Tensor:
+            callback: StepCallback | None = None, init: torch.Tensor | None = None, skip: int = 0,
+            redraw: torch.Tensor | None = None) -> torch.Tensor:
     """Run the sampler from unit-variance ``noise`` (B, 4, h, w) and return the final latents in fp32.
 
     With ``init`` latents (img2img, the hires pass) the schedule still has ``steps`` steps but its first
     ``skip`` are not run: the sampler starts from ``init`` noised to the level of step ``skip``. Prompt-editing
     steps count from the first step run, as in A1111. Latents stay fp32 between steps (the scheduler's
     arithmetic), the UNet runs in its own dtype.
+
+    ``redraw`` (inpainting; 1 where the picture is redrawn, 0 where it is kept, broadcast over the latents): as
+    A1111's sampler does, every model call's prediction of the clean latents is ``init`` outside the mask
+    (:func:`_keep_outside`), and so are the final latents.
     """
     scheduler = run.scheduler
     scheduler.set_timesteps(steps, device=noise.device)
@@ -91,10 +97,40 @@ def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidanc
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
         eps = _guided_prediction(unet, model_input.to(dtype), t, guidance.at(index, dtype), guidance.cfg_scale)
+        if redraw is not None:
+            eps = _keep_outside(scheduler, t, run.begin + index, latents, eps, init, redraw)
         latents = scheduler.step(eps, t, latents, **run.step_kwargs(index, latents), return_dict=False)[0]
         if callback is not None and callback(index, len(timesteps), latents):
             break
+    if redraw is not None:
+        latents = latents * redraw + init * (1 - redraw)
     return latents
+
+
+def _keep_outside(scheduler, t: torch.Tensor, index: int, x: torch.Tensor, eps: torch.Tensor, init: torch.Tensor,
+                  redraw: torch.Tensor) -> torch.Tensor:
+    """The noise prediction whose clean-latent prediction is ``init`` outside the mask and the model's inside.
+
+    Every scheduler here predicts the clean latents as ``x0 = (x − b·ε) / a`` at a model call: ``a = 1`` and
+    ``b = σ`` for the σ-parametrised (k-diffusion) ones, whose σ for this call is read back from how
+    :meth:`scale_model_input` scaled (``1/√(σ² + 1)``; it differs from the schedule's σ on second-order calls);
+    ``a = α``, ``b = √(1 − α²)`` for the others, from the schedule's σ at the step (DPM-Solver++, UniPC) or
+    ``ᾱ_t`` (DDIM, PLMS, LCM). So ``ε' = ε·m + (x − a·init)/b · (1 − m)``.
+    """
+    scale = float(scheduler.scale_model_input(torch.ones(1, dtype=torch.float64, device=x.device), t).item())
+    if scale < 1.0:  # σ-parametrised: the model's input was x / √(σ² + 1)
+        a, b = 1.0, math.sqrt(max(1.0 / (scale * scale) - 1.0, 0.0))
+    elif getattr(scheduler, "sigmas", None) is not None and hasattr(scheduler, "step_index"):
+        step = scheduler.step_index if scheduler.step_index is not None else index
+        sigma = float(scheduler.sigmas[step])
+        a = 1.0 / math.sqrt(sigma * sigma + 1.0)
+        b = sigma * a
+    else:
+        alpha_bar = float(scheduler.alphas_cumprod[int(t)])
+        a, b = math.sqrt(alpha_bar), math.sqrt(1.0 - alpha_bar)
+    if b == 0.0:
+        return eps
+    return eps * redraw + (x - a * init) / b * (1 - redraw)
 
 
 def _guided_prediction(unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, conds: StepConds,

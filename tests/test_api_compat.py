@@ -446,7 +446,9 @@ def encode_b64(image: Image.Image) -> str:
     ({"init_images": ["bm90IGFuIGltYWdl"]}, "init_images[0]: image is not a picture"),
     ({"init_images": [""]}, "init_images[0] is empty"),
     ({"init_images": ["TRUNCATED"]}, "init_images[0]: the picture cannot be decoded"),
-    ({"init_images": ["OK"], "mask": "OK"}, "inpainting (mask, latent_mask) is not supported yet"),
+    ({"init_images": ["OK"], "mask": "TRUNCATED"}, "mask: the picture cannot be decoded"),
+    ({"init_images": ["OK"], "mask": "OK", "latent_mask": "OK"}, "latent_mask is not supported"),
+    ({"init_images": ["OK"], "mask": "OK", "inpainting_fill": 5}, "inpainting_fill must be from 0 to 3"),
     ({"init_images": ["OK"], "resize_mode": 7}, "resize_mode must be from 0 to 3"),
     ({"init_images": ["OK"], "denoising_strength": 1.5}, "denoising_strength must be from 0 to 1"),
     ({"init_images": ["OK", "OK"], "batch_size": 1}, "2 init images were sent for a batch of 1"),
@@ -461,3 +463,27 @@ def test_img2img_bad_input_is_refused_and_the_server_keeps_serving(server: Serve
     reply = post(server, "img2img", body)
     assert reply.status_code == 422 and fragment in reply.text, reply.text
     assert post(server, "img2img", {**SMALL, "init_images": [good]}).status_code == 200
+
+
+def test_inpainting_through_the_webuiapi_client(server: Server) -> None:
+    """The PyPI client's ``img2img`` with ``mask_image`` (it sends A1111's inpainting fields): outside the mask the
+    picture comes back to the pixel, inside it is redrawn; the infotext has A1111's inpainting fields and
+    reproduces the image with the same picture and mask."""
+    import webuiapi
+    from PIL import ImageDraw
+
+    from test_img2img import picture
+
+    source, mask = picture(), Image.new("L", (64, 64))
+    ImageDraw.Draw(mask).rectangle((0, 0, 27, 63), fill=255)  # the left part, the blur stays inside x < 40
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]), sampler="Euler a", steps=6)
+    result = client.img2img(images=[source], mask_image=mask, prompt="a house", seed=8, width=64, height=64,
+                            denoising_strength=0.9, inpainting_fill=1, inpaint_full_res=False, mask_blur=4)
+    ours, original = np.asarray(result.image.convert("RGB")).astype(np.int16), np.asarray(source).astype(np.int16)
+    assert np.array_equal(ours[:, 40:], original[:, 40:])
+    assert np.abs(ours[:, :20] - original[:, :20]).mean() > 10
+    text = result.info["infotexts"][0]
+    assert "Denoising strength: 0.9, Mask blur: 4," in text and "Inpaint area" not in text
+    replay = post(server, "img2img", {"init_images": [encode_b64(source)], "mask": encode_b64(mask), "infotext": text,
+                                      "inpaint_full_res": False, "inpainting_fill": 1})
+    assert np.array_equal(pixels(replay.json()["images"][0]), pixels(encode_b64(result.image)))

@@ -472,6 +472,41 @@ def test_img2img_tab_generates_from_the_picture_as_the_api_does(page, server: Se
     assert page.locator("#txt2img_gallery img").count() == 0  # the txt2img tab's results are its own
 
 
+def test_send_to_img2img_from_the_txt2img_results_and_from_png_info(page, artifacts: Path, tmp_path: Path) -> None:
+    """A1111's 🖼️ under the gallery and PNG Info's "Send to img2img": the picture lands in the img2img image box
+    and its infotext fills the img2img controls (prompt, sampler, steps, size, seed, CFG); the tab switches."""
+    page.locator("#txt2img_prompt textarea").fill("a send test")
+    set_numbers(page, {**SMALL, "txt2img_seed": 4242, "txt2img_cfg_scale": 6.5})
+    choose(page, "txt2img_sampling", "Heun")
+    generate(page)
+    page.locator("#txt2img_send_to_img2img").click()
+    sync_api.expect(page.locator("#tab_img2img")).to_be_visible()
+    sync_api.expect(page.locator("#img2img_prompt textarea")).to_have_value("a send test")
+    sync_api.expect(page.locator("#img2img_image img")).to_have_count(1)
+    assert number(page, "img2img_seed") == 4242 and number(page, "img2img_steps") == 4
+    assert number(page, "img2img_cfg_scale") == 6.5 and number(page, "img2img_width") == 64
+    assert page.locator("#img2img_sampling input").input_value() == "Heun"
+    shot(page, artifacts, "07c-sent-to-img2img")
+    page.locator("#img2img_generate").click()  # the sent picture is usable as it is
+    page.wait_for_selector("#img2img_gallery img", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#html_info_img2img textarea")).to_have_value(re.compile(
+        r"^a send test\nSteps: 4, Sampler: Heun, .*Seed: 4242, .*Denoising strength: 0.75"))
+
+    made = tmp_path / "made.png"
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a pasted picture\nNegative prompt: dull\nSteps: 7, Sampler: Euler, CFG scale: 5, "
+                                "Seed: 31, Size: 64x64, Denoising strength: 0.35")
+    Image.new("RGB", (64, 64), (10, 200, 30)).save(made, pnginfo=info)
+    page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(made))
+    sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile("a pasted picture"))
+    page.locator("#pnginfo_send_to_img2img").click()
+    sync_api.expect(page.locator("#img2img_prompt textarea")).to_have_value("a pasted picture")
+    sync_api.expect(page.locator("#img2img_neg_prompt textarea")).to_have_value("dull")
+    assert number(page, "img2img_steps") == 7 and number(page, "img2img_denoising_strength") == 0.35
+    sync_api.expect(page.locator("#img2img_image img")).to_have_count(1)
+
+
 def test_settings_are_saved_and_survive_a_reload(page, server: Server, artifacts: Path) -> None:
     page.locator("#tabs button[role=tab]", has_text="Settings").click()
     page.locator("#settings_sections button[role=tab]", has_text="User interface").click()

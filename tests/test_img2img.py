@@ -231,6 +231,65 @@ def test_infotext_noise_multiplier_and_output_folder(state) -> None:
     assert np.array_equal(pixels(from_setting.images[0]), pixels(quieter.images[0]))
 
 
+# ------------------------------------------------------------------------------------------- inpainting
+
+def left_mask(width: int = 64, height: int = 64, right: int = 27) -> Image.Image:
+    mask = Image.new("L", (width, height))
+    mask.paste(255, (0, 0, right + 1, height))
+    return mask
+
+
+def test_inpainting_keeps_the_unmasked_picture_and_writes_a1111s_fields(state) -> None:
+    source = picture()
+    common = {**BASE, "init_images": (source,), "denoising_strength": 0.8, "mask": left_mask(),
+              "inpaint_full_res": False, "inpainting_fill": 1}
+    result = process(state, GenerationParams(**common))
+    ours, original = pixels(result.images[0]), pixels(source)
+    assert np.array_equal(ours[:, 40:], original[:, 40:])  # beyond the blurred edge: the picture itself
+    assert np.abs(ours[:, :20] - original[:, :20]).mean() > 5
+    line = result.infotexts[0].splitlines()[-1]
+    assert "Denoising strength: 0.8, Mask blur: 4, Version" in line
+    inverted = process(state, GenerationParams(**{**common, "inpainting_mask_invert": 1}))
+    flipped = pixels(inverted.images[0])
+    assert np.array_equal(flipped[:, :12], original[:, :12]) and np.abs(flipped[:, 44:] - original[:, 44:]).mean() > 5
+    assert "Mask mode: Inpaint not masked, Mask blur: 4" in inverted.infotexts[0]
+    contents = {}
+    for fill in (0, 2, 3):
+        job = process(state, GenerationParams(**{**common, "inpainting_fill": fill}))
+        assert f"Masked content: {('fill', 'original', 'latent noise', 'latent nothing')[fill]}" in job.infotexts[0]
+        contents[fill] = pixels(job.images[0])
+        assert np.array_equal(contents[fill][:, 40:], original[:, 40:])
+    assert all(np.abs(contents[f][:, :20] - ours[:, :20]).max() > 0 for f in contents)  # each starts elsewhere
+    sharp = process(state, GenerationParams(**{**common, "mask_blur_x": 0, "mask_blur_y": 0}))
+    assert np.array_equal(pixels(sharp.images[0])[:, 28:], original[:, 28:]) and "Mask blur" not in sharp.infotexts[0]
+
+
+def test_only_masked_redraws_the_box_at_the_job_size_and_pastes_it_back(state) -> None:
+    """"Only masked": the masked box (grown by the padding, then to the job's aspect ratio) is redrawn at the
+    job's size and pasted back; the result has the picture's size and is the picture outside the box."""
+    source = picture(128, 96)
+    mask = Image.new("L", (128, 96))
+    mask.paste(255, (60, 30, 80, 50))
+    params = GenerationParams(**{**BASE, "init_images": (source,), "denoising_strength": 0.9, "mask": mask,
+                                 "inpaint_full_res": True, "inpaint_full_res_padding": 6, "mask_blur_x": 0,
+                                 "mask_blur_y": 0, "inpainting_fill": 1})
+    result = process(state, params)
+    ours, original = pixels(result.images[0]), pixels(source)
+    assert result.images[0].size == (128, 96)
+    # box (54, 24, 86, 56): 32×32, already square like the 64×64 job
+    outside = np.ones((96, 128), dtype=bool)
+    outside[24:56, 54:86] = False
+    assert np.array_equal(ours[outside], original[outside])
+    assert np.abs(ours[30:50, 60:80] - original[30:50, 60:80]).mean() > 5
+    assert "Inpaint area: Only masked, Masked area padding: 6" in result.infotexts[0]
+    assert "Size: 64x64" in result.infotexts[0]  # the size the sampler worked at, as A1111 writes
+    empty = process(state, GenerationParams(**{**BASE, "init_images": (source,), "denoising_strength": 0.9,
+                                               "mask": Image.new("L", (128, 96)), "inpaint_full_res": True}))
+    plain = process(state, GenerationParams(**{**BASE, "init_images": (source,), "denoising_strength": 0.9}))
+    assert 'Unable to perform "Inpaint Only mask" because mask is blank' in " ".join(empty.comments)
+    assert np.array_equal(pixels(empty.images[0]), pixels(plain.images[0]))
+
+
 # ------------------------------------------------------------------------------------- on the demo model
 
 @pytest.fixture(scope="module")
@@ -260,3 +319,18 @@ def test_on_the_demo_model_the_same_prompt_keeps_the_picture_and_another_repaint
     target = process(demo_state, GenerationParams(prompt=green, **common)).images[0]
     assert np.abs(pixels(repainted) - pixels(source)).mean() > 60
     assert np.abs(pixels(repainted).reshape(-1, 3).mean(0) - pixels(target).reshape(-1, 3).mean(0)).max() < 15
+
+
+def test_on_the_demo_model_inpainting_repaints_only_the_masked_half(demo_state) -> None:
+    """Red circle on blue, the left half masked, redrawn as "a green square on a yellow background": the right half
+    stays the picture to the pixel, the left half takes the new prompt's colours (more red and green than blue)."""
+    common = dict(width=64, height=64, cfg_scale=5, steps=20, seed=7, save_images=False, sampler_name="Euler")
+    source = process(demo_state, GenerationParams(prompt="a red circle on a blue background", **common)).images[0]
+    result = process(demo_state, GenerationParams(
+        prompt="a green square on a yellow background", init_images=(source,), mask=left_mask(), denoising_strength=1.0,
+        inpaint_full_res=False, inpainting_fill=1, **common)).images[0]
+    ours, original = pixels(result), pixels(source)
+    assert np.array_equal(ours[:, 40:], original[:, 40:])
+    left = ours[:, :20].reshape(-1, 3).mean(0)
+    before = original[:, :20].reshape(-1, 3).mean(0)
+    assert before[2] > before[1] + 50 and left[1] > left[2] + 50, (before, left)  # blue → yellow/green

@@ -162,7 +162,10 @@ def a1111_noise() -> tuple[torch.Tensor, list[torch.Generator]]:
 
 
 def run_kdiffusion(env: Env, function: str, sigmas: torch.Tensor, model, x: torch.Tensor,
-                   generators: list[torch.Generator], brownian: bool, **kwargs) -> torch.Tensor:
+                   generators: list[torch.Generator], brownian: bool, keep: tuple | None = None,
+                   **kwargs) -> torch.Tensor:
+    """k-diffusion's ``function`` with A1111's CFG denoiser; ``keep=(init, redraw)``: A1111's inpainting blend of
+    every denoised prediction and of the result (``CFGDenoiser.forward``'s ``apply_blend``, ``sample_img2img``)."""
     func = getattr(env.sampling, function)
     if "noise_sampler" in inspect.signature(func).parameters:
         if brownian:  # sd_samplers_common.create_noise_sampler
@@ -171,8 +174,24 @@ def run_kdiffusion(env: Env, function: str, sigmas: torch.Tensor, model, x: torc
         else:  # TorchHijack.randn_like → ImageRNG.next(): one draw per image from its own generator
             kwargs["noise_sampler"] = lambda sigma, sigma_next: torch.stack(
                 [torch.randn(SHAPE, generator=g) for g in generators])
+    denoiser = CFGDenoiser(model, env.cond, env.uncond, CFG_SCALE)
+    if keep is not None:
+        init, redraw = keep
+        denoiser = Blended(denoiser, init, redraw)
     with torch.no_grad():
-        return func(CFGDenoiser(model, env.cond, env.uncond, CFG_SCALE), x, sigmas, disable=True, **kwargs)
+        result = func(denoiser, x, sigmas, disable=True, **kwargs)
+    return result if keep is None else result * redraw + init * (1 - redraw)
+
+
+class Blended(torch.nn.Module):
+    """A1111's inpainting denoiser: its prediction is ``init`` outside the mask (``denoised·nmask + init·mask``)."""
+
+    def __init__(self, denoiser: torch.nn.Module, init: torch.Tensor, redraw: torch.Tensor):
+        super().__init__()
+        self.denoiser, self.init, self.redraw = denoiser, init, redraw
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.denoiser(x, sigma) * self.redraw + self.init * (1 - self.redraw)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -458,3 +477,39 @@ def test_img2img_start_against_a1111_kdiffusion(env: Env, case: Case) -> None:
     full = sampling.denoise(env.unet, samplers.create_run(sampler, label, env.base, SEEDS, generators), noise,
                             sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE), plan.total, init=init, skip=0)
     assert relative_error(full, reference)[1] > 10 * max(rel, TIGHT)
+
+
+@pytest.mark.parametrize("case", IMG2IMG_CASES, ids=str)
+def test_inpainting_blend_against_a1111_kdiffusion(env: Env, case: Case) -> None:
+    """Inpainting as A1111 samples it: the img2img start above, with every denoised prediction replaced by the
+    init latents outside the mask and the result blended the same way. Ours: ``sampling.denoise(redraw=)``, which
+    rewrites the noise prediction per scheduler parametrisation (σ read back from ``scale_model_input``)."""
+    from modules import hires
+
+    plan = hires.step_plan(HIRES_STEPS, HIRES_STRENGTH)
+    init = init_latents()
+    redraw = torch.zeros(1, 1, *SHAPE[1:])
+    redraw[..., :, : SHAPE[2] // 2] = 1.0  # the left half is redrawn
+    sampler, label = samplers.split_sampler_and_schedule(case.sampler, case.schedule)
+    noise, generators = rng.initial_noise(SHAPE, SEEDS, SEEDS, 0.0, torch.device("cpu"))
+    run = samplers.create_run(sampler, label, env.base, SEEDS, generators)
+    ours = sampling.denoise(env.unet, run, noise, sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE),
+                            plan.total, init=init, skip=plan.skip, redraw=redraw)
+    assert torch.equal(ours[..., SHAPE[2] // 2:], init[..., SHAPE[2] // 2:])  # kept: the init latents exactly
+
+    model = env.external.CompVisDenoiser(CompVisModel(env.unet, ldm_alphas_cumprod(env.base)))
+    sigma_sched = a1111_sigmas(env, model, case.schedule, plan.total, discard=False)[plan.total - HIRES_STEPS:]
+    noise_ref, generators_ref = a1111_noise()
+    reference = run_kdiffusion(env, case.function, sigma_sched, model, init + noise_ref * sigma_sched[0],
+                               generators_ref, case.brownian, keep=(init, redraw))
+    diff, rel = relative_error(ours, reference)
+    print(f"\ninpainting {case}: vs A1111/k-diffusion max abs {diff:.3e}, relative {rel:.3e}")
+    assert rel < (case.bound or TIGHT), f"inpainting {case}: relative error {rel:.2e}"
+
+    # the blend matters: without it (plain img2img, pasted at the end) the redrawn half comes out elsewhere
+    noise, generators = rng.initial_noise(SHAPE, SEEDS, SEEDS, 0.0, torch.device("cpu"))
+    plain = sampling.denoise(env.unet, samplers.create_run(sampler, label, env.base, SEEDS, generators), noise,
+                             sampling.Guidance.fixed(env.cond, env.uncond, CFG_SCALE), plan.total, init=init,
+                             skip=plan.skip)
+    pasted = plain * redraw + init * (1 - redraw)
+    assert relative_error(pasted, reference)[1] > 10 * max(rel, TIGHT)

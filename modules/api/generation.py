@@ -128,10 +128,10 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest, hires_allow
 
 def prepare_img2img(state: AppState, request: models.Img2ImgRequest) -> Prepared:
     """:func:`prepare_txt2img` plus the init pictures (decoded here, so a bad one is refused before queueing), the
-    resize mode and the noise multiplier. Masks (inpainting) are refused with what to do instead."""
-    if request.mask or request.latent_mask:
-        raise ParamsError("inpainting (mask, latent_mask) is not supported yet; send the picture without a mask "
-                          "for img2img")
+    resize mode, the noise multiplier and, for inpainting, the mask and its settings (A1111's API defaults:
+    "Only masked", no padding, "fill"). A separate ``latent_mask`` is refused with what to do instead."""
+    if request.latent_mask:
+        raise ParamsError("latent_mask is not supported; the mask (mask) is also used for the latents")
     if not request.init_images:
         raise ParamsError("init_images is empty: img2img needs at least one picture (base64 PNG, JPEG or WEBP)")
     pictures = tuple(paste.read_picture(encoded, f"init_images[{i}]") for i, encoded in enumerate(request.init_images))
@@ -139,8 +139,15 @@ def prepare_img2img(state: AppState, request: models.Img2ImgRequest) -> Prepared
     if request.image_cfg_scale is not None:
         prepared.comments.append("image_cfg_scale: only instruct-pix2pix models use it; ignored")
     strength = 0.75 if request.denoising_strength is None else request.denoising_strength
-    params = dataclasses.replace(prepared.params, init_images=pictures, resize_mode=request.resize_mode,
-                                 denoising_strength=strength, initial_noise_multiplier=request.initial_noise_multiplier)
+    mask = paste.read_picture(request.mask, "mask") if request.mask else None
+    blur_x, blur_y = (request.mask_blur, request.mask_blur) if request.mask_blur is not None else (
+        request.mask_blur_x, request.mask_blur_y)
+    params = dataclasses.replace(
+        prepared.params, init_images=pictures, resize_mode=request.resize_mode, denoising_strength=strength,
+        initial_noise_multiplier=request.initial_noise_multiplier, mask=mask, mask_blur_x=blur_x, mask_blur_y=blur_y,
+        inpainting_fill=request.inpainting_fill, inpaint_full_res=bool(request.inpaint_full_res),
+        inpaint_full_res_padding=request.inpaint_full_res_padding,
+        inpainting_mask_invert=request.inpainting_mask_invert, mask_round=request.mask_round)
     return dataclasses.replace(prepared, params=params.validate())
 
 

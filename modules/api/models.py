@@ -75,8 +75,7 @@ class Txt2ImgRequest(BaseModel):
 
 class Img2ImgRequest(Txt2ImgRequest):
     """POST /sdapi/v1/img2img: txt2img's fields (the hires ones unused: A1111's img2img has no Hires. fix) and
-    img2img's. Inpainting (``mask``, ``latent_mask``) is refused for now; its fields are accepted with A1111's
-    defaults so that clients that always send them keep working."""
+    img2img's, inpainting's (``mask`` and its settings) included; a separate ``latent_mask`` is refused."""
 
     init_images: list[str] | None = None
     resize_mode: int = 0

@@ -1,4 +1,5 @@
-"""PNG Info tab: drop an image, read its A1111 infotext, and send every field it names to txt2img.
+"""PNG Info tab: drop an image, read its A1111 infotext, and send every field it names to txt2img (or the image
+and its fields to img2img).
 
 :func:`paste_values` is the pure part (infotext → control values, the checkpoint it names, the settings it
 overrides); the tab only shows the text and hands the values to the txt2img controls. The checkpoint is switched
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import html
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -227,8 +229,9 @@ def read_image(path: str | None) -> tuple[str, str]:
     return text, f"<div class='pnginfo'>{body}</div>"
 
 
-def create_tab(state: AppState) -> tuple[gr.Textbox, gr.Button]:
-    """Build the tab's controls (inside a ``gr.Tab``); returns the parameters box and the send button."""
+def create_tab(state: AppState) -> tuple[gr.Image, gr.Textbox, gr.Button, gr.Button]:
+    """Build the tab's controls (inside a ``gr.Tab``); returns the image, the parameters box and the two send
+    buttons (to txt2img, to img2img)."""
     with gr.Row(equal_height=False):
         with gr.Column():
             image = gr.Image(label="Source", sources=["upload"], type="filepath", image_mode=None,
@@ -236,14 +239,21 @@ def create_tab(state: AppState) -> tuple[gr.Textbox, gr.Button]:
         with gr.Column():
             html_info = gr.HTML(elem_id="pnginfo_html")
             parameters = gr.Textbox(label="Parameters", lines=6, interactive=False, elem_id="pnginfo_generation_info")
-            send = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img", variant="primary")
+            with gr.Row():
+                send = gr.Button("Send to txt2img", elem_id="pnginfo_send_to_txt2img", variant="primary")
+                send_img2img = gr.Button("Send to img2img", elem_id="pnginfo_send_to_img2img", variant="primary")
     image.change(read_image, inputs=image, outputs=[parameters, html_info], queue=False, api_visibility="private")
-    return parameters, send
+    return image, parameters, send, send_img2img
 
 
-def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls: dict[str, gr.components.Component],
-              checkpoint: gr.Dropdown, overrides: gr.Dropdown, tabs: gr.Tabs) -> None:
-    """"Send to txt2img": fill the controls the infotext names, switch the checkpoint, show the overrides."""
+def wire_send(state: AppState, send: gr.Button, inputs: list[gr.components.Component],
+              controls: dict[str, gr.components.Component], checkpoint: gr.Dropdown, overrides: gr.Dropdown,
+              tabs: gr.Tabs, tab: str = "txt2img", image_box: gr.Image | None = None,
+              source: Callable[..., tuple[str, object]] | None = None) -> None:
+    """A "Send to txt2img/img2img" button: fill the controls the infotext names (those ``controls`` has: img2img
+    has no Hires. fix), switch the checkpoint, show the overrides and select ``tab``; with ``image_box`` the picture
+    goes there too. ``source(*inputs)`` gives ``(infotext, picture)``; by default ``inputs`` are the infotext box
+    and, with ``image_box``, the component holding the picture."""
     from modules.ui import common
 
     names = list(controls)
@@ -255,9 +265,15 @@ def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls
             return gr.update(choices=common.hires_checkpoint_choices(state), value=value)
         return common.clamp(control, value)
 
-    def handler(text: str):
+    def handler(*values):
+        text, image = source(*values) if source is not None else (values[0], values[1] if image_box else None)
+        sent = [image] if image_box is not None else []
+        if image_box is not None and image is None:
+            raise gr.Error("No picture to send: make or drop an image first.")
         if not (text or "").strip():
-            raise gr.Error("No parameters to send: drop a PNG made by this program or by A1111 first.")
+            if image_box is None:
+                raise gr.Error("No parameters to send: drop a PNG made by this program or by A1111 first.")
+            return [*(gr.skip() for _ in names), gr.skip(), gr.skip(), *sent, gr.Tabs(selected=tab)]
         paste = paste_values(state, text)
         for warning in paste.warnings:
             gr.Warning(warning)
@@ -269,9 +285,10 @@ def wire_send(state: AppState, send: gr.Button, parameters: gr.Textbox, controls
                 model_update = gr.update(value=common.current_title(state))
             elif current is None or current.info.path != paste.checkpoint.path:
                 gr.Warning(f"Settings are frozen (--freeze-settings): {paste.checkpoint.title} was not loaded")
-        values = [control_value(controls[n], paste.values[n]) if n in paste.values else gr.skip() for n in names]
+        updates = [control_value(controls[n], paste.values[n]) if n in paste.values else gr.skip() for n in names]
         override_update = gr.update(choices=paste.overrides, value=paste.overrides, visible=bool(paste.overrides))
-        return [*values, model_update, override_update, gr.Tabs(selected="txt2img")]
+        return [*updates, model_update, override_update, *sent, gr.Tabs(selected=tab)]
 
-    send.click(handler, inputs=parameters, outputs=[*controls.values(), checkpoint, overrides, tabs],
+    targets = [image_box] if image_box is not None else []
+    send.click(handler, inputs=inputs, outputs=[*controls.values(), checkpoint, overrides, *targets, tabs],
                api_visibility="private")

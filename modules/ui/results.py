@@ -66,6 +66,20 @@ class GenerationInfo:
         return self.infotexts[index]
 
 
+def picked_image(data: dict | None, selected: int | None, gallery: list | None) -> tuple[str, str | None]:
+    """``(infotext, picture path)`` of the gallery image a "Send to img2img" button sends: the one selected, else the
+    first sample (not the grid, which A1111 would send)."""
+    info = GenerationInfo.from_dict(data)
+    items = list(gallery or [])
+    if not items:
+        return "", None
+    index = selected if selected is not None and 0 <= selected < len(items) else info.index_of_first_image
+    index = min(index, len(items) - 1)
+    item = items[index]
+    path = item[0] if isinstance(item, (tuple, list)) else item
+    return info.infotext_of(index), str(path) if path is not None else None
+
+
 def gallery_files(processed: Processed) -> list[str]:
     """One PNG path per image in ``processed.images`` (grid first when there is one), each with its infotext."""
     folder = _new_folder()

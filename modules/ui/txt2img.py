@@ -84,7 +84,11 @@ class Txt2ImgControls:
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
     hires: HiresControls | None  # txt2img's
-    img2img: Img2ImgControls | None = None  # img2img's
+    img2img: Img2ImgControls | None  # img2img's
+    gallery: gr.Gallery
+    generation_info: gr.State  # results.GenerationInfo of the last job, as a dict
+    selected: gr.State  # the gallery index selected (None: none)
+    send_to_img2img: gr.Button
 
     def job_inputs(self) -> list[gr.components.Component]:
         """The inputs of :func:`build_params` (txt2img) or :func:`build_img2img_params`, in argument order."""
@@ -97,8 +101,10 @@ class Txt2ImgControls:
         return [*common, *self.hires.job_inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
-        found = {**vars(self.hires), **vars(self)}
-        return {name: found[name] for name in PASTE_TARGETS}
+        """The controls a pasted infotext fills, by :data:`PASTE_TARGETS` name (img2img's: no Hires. fix)."""
+        found = {**(vars(self.hires) if self.hires else {}), **(vars(self.img2img) if self.img2img else {}),
+                 **vars(self)}
+        return {name: found[name] for name in PASTE_TARGETS if isinstance(found.get(name), gr.components.Component)}
 
 
 def create_ui(state: AppState) -> gr.Blocks:
@@ -117,15 +123,24 @@ def create_ui(state: AppState) -> gr.Blocks:
             with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
                 controls, progress_html = _generation_tab(state, checkpoint)
             with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                _generation_tab(state, checkpoint, "img2img")
+                i2i, _ = _generation_tab(state, checkpoint, "img2img")
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
-                parameters, send = png_info.create_tab(state)
+                png_image, parameters, send, send_img2img = png_info.create_tab(state)
             with gr.Tab("Train", id="train", elem_id="tab_train"):
                 train.create_tab(state, [getattr(controls, name) for name in train.PREVIEW_PARAMS])
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 setting_controls, submit, _ = settings.create_tab(state)
 
-        png_info.wire_send(state, send, parameters, controls.paste_targets(), checkpoint, controls.overrides, tabs)
+        png_info.wire_send(state, send, [parameters], controls.paste_targets(), checkpoint, controls.overrides, tabs)
+        png_info.wire_send(state, send_img2img, [parameters, png_image], i2i.paste_targets(), checkpoint, i2i.overrides,
+                           tabs, "img2img", i2i.img2img.image)
+        png_info.wire_send(state, controls.send_to_img2img, [controls.generation_info, controls.selected,
+                                                             controls.gallery],
+                           i2i.paste_targets(), checkpoint, i2i.overrides, tabs, "img2img", i2i.img2img.image,
+                           source=results.picked_image)
+        png_info.wire_send(state, i2i.send_to_img2img, [i2i.generation_info, i2i.selected, i2i.gallery],
+                           i2i.paste_targets(), checkpoint, i2i.overrides, tabs, "img2img", i2i.img2img.image,
+                           source=results.picked_image)  # a result back in as the next start (A1111 has it too)
         submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
                      api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
         hr_checkpoint = controls.hires.hr_checkpoint
@@ -216,14 +231,18 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
         with gr.Column(elem_id=f"{tab}_results"):
             progress_html = gr.HTML("", elem_id=f"{tab}_progress")
             gallery = gr.Gallery(label="Output", columns=4, height="auto", buttons=["download", "fullscreen"],
-                                 elem_id=f"{tab}_gallery", format="png", interactive=False)
+                                 elem_id=f"{tab}_gallery", format="png", interactive=False, type="filepath")
+            with gr.Row(elem_id=f"image_buttons_{tab}"):
+                send_to_img2img = gr.Button("🖼️ Send to img2img", elem_id=f"{tab}_send_to_img2img", size="sm",
+                                            scale=0, min_width=160)
             info = gr.Textbox(label="Generation info", lines=4, interactive=False, elem_id=f"html_info_{tab}")
             generation_info = gr.State({})
             selected = gr.State(None)
 
     controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
                                batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
-                               seed_resize_from_w, seed_resize_from_h, hires_controls, i2i_controls)
+                               seed_resize_from_w, seed_resize_from_h, hires_controls, i2i_controls, gallery,
+                               generation_info, selected, send_to_img2img)
     make_params = build_img2img_params if i2i_controls is not None else build_params
 
     def run(*values):
