@@ -472,6 +472,98 @@ def test_img2img_tab_generates_from_the_picture_as_the_api_does(page, server: Se
     assert page.locator("#txt2img_gallery img").count() == 0  # the txt2img tab's results are its own
 
 
+def _left_mask(path: Path) -> Path:
+    mask = Image.new("L", (64, 64))
+    mask.paste(255, (0, 0, 28, 64))
+    mask.save(path)
+    return path
+
+
+def test_inpaint_upload_redraws_only_the_mask_as_the_api_does(page, server: Server, tmp_path: Path,
+                                                             artifacts: Path) -> None:
+    """A1111's *Inpaint upload*: the picture and a mask; the inpainting settings appear on this sub-tab only;
+    outside the mask the result is the picture itself, and it equals ``/sdapi/v1/img2img`` with the same mask."""
+    import base64
+
+    from test_img2img import picture
+
+    source, mask = tmp_path / "start.png", _left_mask(tmp_path / "mask.png")
+    picture().save(source)
+    page.locator("#tabs button[role=tab]", has_text="img2img").click()
+    sync_api.expect(page.locator("#inpaint_controls")).to_be_hidden()
+    page.locator("#mode_img2img button[role=tab]", has_text="Inpaint upload").click()
+    sync_api.expect(page.locator("#inpaint_controls")).to_be_visible()
+    page.locator("#img_inpaint_base input[type=file]").set_input_files(str(source))
+    page.locator("#img_inpaint_mask input[type=file]").set_input_files(str(mask))
+    sync_api.expect(page.locator("#img_inpaint_mask img")).to_have_count(1)
+    set_numbers(page, {"img2img_steps": 5, "img2img_width": 64, "img2img_height": 64, "img2img_seed": 12,
+                       "img2img_denoising_strength": 0.9})
+    choose(page, "img2img_sampling", "Euler")
+    page.locator("#img2img_prompt textarea").fill("a blue sky")
+    page.locator("#img2img_generate").click()
+    page.wait_for_selector("#img2img_gallery img", timeout=TIMEOUT_MS)
+    sync_api.expect(page.locator("#html_info_img2img textarea")).to_have_value(re.compile("Mask blur: 4"))
+    shot(page, artifacts, "07d-inpaint-upload")
+    src = page.locator("#img2img_gallery img").first.get_attribute("src")
+    shown = np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")).astype(np.int16)
+    original = np.asarray(Image.open(source).convert("RGB")).astype(np.int16)
+    assert np.array_equal(shown[:, 40:], original[:, 40:]) and np.abs(shown[:, :20] - original[:, :20]).mean() > 5
+    encoded = {name: base64.b64encode(path.read_bytes()).decode("ascii") for name, path in (("i", source), ("m", mask))}
+    reply = requests.post(server.api("img2img"), timeout=300, json={
+        "prompt": "a blue sky", "steps": 5, "width": 64, "height": 64, "seed": 12, "cfg_scale": 7,
+        "sampler_name": "Euler", "denoising_strength": 0.9, "init_images": [encoded["i"]], "mask": encoded["m"],
+        "mask_blur": 4,
+        "inpainting_fill": 1, "inpaint_full_res": False, "inpaint_full_res_padding": 32})
+    assert reply.status_code == 200, reply.text
+    api = np.asarray(Image.open(BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB")).astype(np.int16)
+    assert np.array_equal(shown, api)
+    page.locator("#mode_img2img button[role=tab]", has_text="img2img").click()
+    sync_api.expect(page.locator("#inpaint_controls")).to_be_hidden()
+
+
+def test_inpaint_with_a_painted_mask(page, tmp_path: Path, artifacts: Path) -> None:
+    """A1111's *Inpaint* sub-tab: paint over part of the picture with the brush; that part is redrawn, the rest of
+    the picture comes back to the pixel."""
+    from test_img2img import picture
+
+    source = tmp_path / "start.png"
+    picture().save(source)
+    page.locator("#tabs button[role=tab]", has_text="img2img").click()
+    page.locator("#mode_img2img button[role=tab]", has_text="Inpaint").first.click()
+    sync_api.expect(page.locator("#inpaint_controls")).to_be_visible()
+    page.locator("#img2maskimg input[type=file]").set_input_files(str(source))
+    zoom_text = page.locator("#img2maskimg").get_by_text(re.compile(r"^\d+%$"))
+    sync_api.expect(zoom_text).to_be_visible()  # the picture is shown, centred, at this zoom; the brush is selected
+    page.locator("#img2maskimg").scroll_into_view_if_needed()  # the mouse works in the viewport
+    readings = [zoom_text.inner_text()]
+    while len(readings) < 4 or len(set(readings[-4:])) > 1:  # the editor zooms the new picture in: let it settle
+        page.wait_for_timeout(250)
+        readings.append(zoom_text.inner_text())
+        assert len(readings) < 80, readings
+    scale = float(readings[-1].rstrip("%")) / 100
+    box = page.locator("#img2maskimg canvas").first.bounding_box()
+    left = box["x"] + box["width"] / 2 - 32 * scale
+    top = box["y"] + box["height"] / 2 - 32 * scale
+    page.mouse.move(left + 4 * scale, top + 2 * scale)
+    page.mouse.down()
+    for y in range(6, 64, 4):  # a stroke down the picture's left edge
+        page.mouse.move(left + 4 * scale, top + y * scale, steps=2)
+    page.mouse.up()
+    shot(page, artifacts, "07e-inpaint-painted")
+    set_numbers(page, {"img2img_steps": 5, "img2img_width": 64, "img2img_height": 64, "img2img_seed": 3,
+                       "img2img_denoising_strength": 0.9})
+    page.locator("#img2img_prompt textarea").fill("a blue sky")
+    page.locator("#img2img_generate").click()
+    page.wait_for_selector("#img2img_gallery img, .toast-body.error", timeout=TIMEOUT_MS)
+    assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body.error").first.inner_text()
+    sync_api.expect(page.locator("#html_info_img2img textarea")).to_have_value(re.compile("Mask blur: 4"))
+    src = page.locator("#img2img_gallery img").first.get_attribute("src")
+    shown = np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")).astype(np.int16)
+    original = np.asarray(Image.open(source).convert("RGB")).astype(np.int16)
+    assert np.array_equal(shown[:, 44:], original[:, 44:])
+    assert np.abs(shown[:, :6] - original[:, :6]).mean() > 5
+
+
 def test_send_to_img2img_from_the_txt2img_results_and_from_png_info(page, artifacts: Path, tmp_path: Path) -> None:
     """A1111's 🖼️ under the gallery and PNG Info's "Send to img2img": the picture lands in the img2img image box
     and its infotext fills the img2img controls (prompt, sampler, steps, size, seed, CFG); the tab switches."""
@@ -495,7 +587,8 @@ def test_send_to_img2img_from_the_txt2img_results_and_from_png_info(page, artifa
     made = tmp_path / "made.png"
     info = PngImagePlugin.PngInfo()
     info.add_text("parameters", "a pasted picture\nNegative prompt: dull\nSteps: 7, Sampler: Euler, CFG scale: 5, "
-                                "Seed: 31, Size: 64x64, Denoising strength: 0.35")
+                                "Seed: 31, Size: 64x64, Denoising strength: 0.35, Mask blur: 8, "
+                                "Masked content: fill")
     Image.new("RGB", (64, 64), (10, 200, 30)).save(made, pnginfo=info)
     page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(made))
@@ -505,6 +598,10 @@ def test_send_to_img2img_from_the_txt2img_results_and_from_png_info(page, artifa
     sync_api.expect(page.locator("#img2img_neg_prompt textarea")).to_have_value("dull")
     assert number(page, "img2img_steps") == 7 and number(page, "img2img_denoising_strength") == 0.35
     sync_api.expect(page.locator("#img2img_image img")).to_have_count(1)
+    page.locator("#mode_img2img button[role=tab]", has_text="Inpaint upload").click()  # its settings show there
+    sync_api.expect(page.locator("#img2img_mask_blur input[type=number]")).to_have_value("8")  # pasted too
+    assert page.locator("#img2img_inpainting_fill input[value='fill']").is_checked()
+    assert page.locator("#img2img_inpaint_full_res input[value='Whole picture']").is_checked()
 
 
 def test_settings_are_saved_and_survive_a_reload(page, server: Server, artifacts: Path) -> None:

@@ -34,6 +34,9 @@ PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("Hires steps", "hr_second_pass_steps", int), ("Hires resize-1", "hr_resize_x", int),
     ("Hires resize-2", "hr_resize_y", int), ("Hires prompt", "hr_prompt", str),
     ("Hires negative prompt", "hr_negative_prompt", str),
+    # img2img's inpainting controls (parsing fills A1111's defaults for the last four when they are absent)
+    ("Mask blur", "mask_blur", int), ("Mask mode", "mask_mode", str), ("Masked content", "inpainting_fill", str),
+    ("Inpaint area", "inpaint_area", str), ("Masked area padding", "padding", int),
 )
 # the hires sampler/schedule dropdowns' first choice (A1111's words): the first pass's
 SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT = hires.SAME_SAMPLER, hires.SAME_SCHEDULER, hires.SAME_CHECKPOINT
@@ -249,11 +252,13 @@ def create_tab(state: AppState) -> tuple[gr.Image, gr.Textbox, gr.Button, gr.But
 def wire_send(state: AppState, send: gr.Button, inputs: list[gr.components.Component],
               controls: dict[str, gr.components.Component], checkpoint: gr.Dropdown, overrides: gr.Dropdown,
               tabs: gr.Tabs, tab: str = "txt2img", image_box: gr.Image | None = None,
-              source: Callable[..., tuple[str, object]] | None = None) -> None:
+              source: Callable[..., tuple[str, object]] | None = None,
+              also: list[tuple[gr.components.Component, Callable[[], object]]] | None = None) -> None:
     """A "Send to txt2img/img2img" button: fill the controls the infotext names (those ``controls`` has: img2img
     has no Hires. fix), switch the checkpoint, show the overrides and select ``tab``; with ``image_box`` the picture
     goes there too. ``source(*inputs)`` gives ``(infotext, picture)``; by default ``inputs`` are the infotext box
-    and, with ``image_box``, the component holding the picture."""
+    and, with ``image_box``, the component holding the picture. ``also``: further (component, value maker) pairs
+    set on every send (the img2img sub-tab that shows the picture)."""
     from modules.ui import common
 
     names = list(controls)
@@ -263,11 +268,14 @@ def wire_send(state: AppState, send: gr.Button, inputs: list[gr.components.Compo
         newer than the page's list (a checkpoint added since, or titled with its hash once loaded)."""
         if control is controls.get("hr_checkpoint"):
             return gr.update(choices=common.hires_checkpoint_choices(state), value=value)
+        if isinstance(control, gr.Radio) and value not in [choice[1] for choice in control.choices]:
+            gr.Warning(f"{control.label}: {value!r} is not one of its choices; left unchanged")
+            return gr.skip()
         return common.clamp(control, value)
 
     def handler(*values):
         text, image = source(*values) if source is not None else (values[0], values[1] if image_box else None)
-        sent = [image] if image_box is not None else []
+        sent = ([image] if image_box is not None else []) + [make() for _, make in also or []]
         if image_box is not None and image is None:
             raise gr.Error("No picture to send: make or drop an image first.")
         if not (text or "").strip():
@@ -289,6 +297,6 @@ def wire_send(state: AppState, send: gr.Button, inputs: list[gr.components.Compo
         override_update = gr.update(choices=paste.overrides, value=paste.overrides, visible=bool(paste.overrides))
         return [*updates, model_update, override_update, *sent, gr.Tabs(selected=tab)]
 
-    targets = [image_box] if image_box is not None else []
+    targets = ([image_box] if image_box is not None else []) + [component for component, _ in also or []]
     send.click(handler, inputs=inputs, outputs=[*controls.values(), checkpoint, overrides, *targets, tabs],
                api_visibility="private")

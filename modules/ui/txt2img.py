@@ -8,25 +8,26 @@ job queue shared with the API, follow it with :mod:`modules.ui.progress`, or cha
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import hires, img2img, processing, samplers
+from modules import hires, processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
+from modules.ui import img2img as img2img_ui
 from modules.ui import train
 
 logger = logging.getLogger(__name__)
 
-# the controls "Send to txt2img" can fill, by the names png_info.PASTE_FIELDS uses
+# the controls "Send to txt2img/img2img" can fill, by the names png_info.PASTE_FIELDS uses (each tab has some)
 PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", "height", "batch_size", "cfg_scale",
                  "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h",
                  "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
-                 "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint")
+                 "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint",
+                 "mask_blur", "mask_mode", "inpainting_fill", "inpaint_area", "padding")
 
 
 @dataclass
@@ -55,15 +56,6 @@ class HiresControls:
 
 
 @dataclass
-class Img2ImgControls:
-    """The img2img tab's own controls: the picture, A1111's resize mode and the denoising strength."""
-
-    image: gr.Image
-    resize_mode: gr.Radio
-    denoising_strength: gr.Slider | None = None  # made later, under CFG Scale (A1111's place)
-
-
-@dataclass
 class Txt2ImgControls:
     prompt: gr.Textbox
     negative: gr.Textbox
@@ -84,20 +76,20 @@ class Txt2ImgControls:
     seed_resize_from_w: gr.Slider
     seed_resize_from_h: gr.Slider
     hires: HiresControls | None  # txt2img's
-    img2img: Img2ImgControls | None  # img2img's
+    img2img: img2img_ui.Img2ImgControls | None  # img2img's
     gallery: gr.Gallery
     generation_info: gr.State  # results.GenerationInfo of the last job, as a dict
     selected: gr.State  # the gallery index selected (None: none)
     send_to_img2img: gr.Button
 
     def job_inputs(self) -> list[gr.components.Component]:
-        """The inputs of :func:`build_params` (txt2img) or :func:`build_img2img_params`, in argument order."""
+        """The inputs of :func:`build_params` (txt2img) or :func:`img2img_ui.build_params`, in argument order."""
         common = [self.prompt, self.negative, self.styles.selected, self.sampler, self.schedule, self.steps,
                   self.width, self.height, self.batch_count, self.batch_size, self.cfg_scale, self.seed,
                   self.subseed, self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
                   self.seed_resize_from_h]
         if self.img2img is not None:
-            return [self.img2img.image, self.img2img.resize_mode, self.img2img.denoising_strength, *common]
+            return [*self.img2img.job_inputs(), *common]
         return [*common, *self.hires.job_inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
@@ -132,15 +124,16 @@ def create_ui(state: AppState) -> gr.Blocks:
                 setting_controls, submit, _ = settings.create_tab(state)
 
         png_info.wire_send(state, send, [parameters], controls.paste_targets(), checkpoint, controls.overrides, tabs)
+        shown = img2img_ui.show_plain(i2i.img2img)
         png_info.wire_send(state, send_img2img, [parameters, png_image], i2i.paste_targets(), checkpoint, i2i.overrides,
-                           tabs, "img2img", i2i.img2img.image)
+                           tabs, "img2img", i2i.img2img.image, also=shown)
         png_info.wire_send(state, controls.send_to_img2img, [controls.generation_info, controls.selected,
                                                              controls.gallery],
                            i2i.paste_targets(), checkpoint, i2i.overrides, tabs, "img2img", i2i.img2img.image,
-                           source=results.picked_image)
+                           source=results.picked_image, also=shown)
         png_info.wire_send(state, i2i.send_to_img2img, [i2i.generation_info, i2i.selected, i2i.gallery],
                            i2i.paste_targets(), checkpoint, i2i.overrides, tabs, "img2img", i2i.img2img.image,
-                           source=results.picked_image)  # a result back in as the next start (A1111 has it too)
+                           source=results.picked_image, also=shown)  # a result as the next start (A1111 too)
         submit.click(lambda: assets.js_options(state.opts), outputs=js_options, queue=False,
                      api_visibility="private").then(None, inputs=js_options, js=assets.SET_OPTIONS_JS)
         hr_checkpoint = controls.hires.hr_checkpoint
@@ -187,7 +180,7 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
     extra_networks_panel.create_panel(state, prompt, negative, checkpoint)
     with gr.Row(equal_height=False):
         with gr.Column(elem_id=f"{tab}_settings"):
-            i2i_controls = _img2img_inputs() if tab == "img2img" else None
+            i2i_controls = img2img_ui.create_inputs() if tab == "img2img" else None
             with gr.Row():
                 sampler = gr.Dropdown(label="Sampling method", elem_id=f"{tab}_sampling",
                                       choices=[s.name for s in samplers.SAMPLERS], value="DPM++ 2M")
@@ -206,8 +199,7 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
                     batch_size = gr.Slider(1, 8, value=1, step=1, label="Batch size", elem_id=f"{tab}_batch_size")
             cfg_scale = gr.Slider(1.0, 30.0, value=7.0, step=0.5, label="CFG Scale", elem_id=f"{tab}_cfg_scale")
             if i2i_controls is not None:
-                i2i_controls.denoising_strength = gr.Slider(0.0, 1.0, value=0.75, step=0.01, label="Denoising strength",
-                                                            elem_id="img2img_denoising_strength")
+                i2i_controls.denoising_strength = img2img_ui.denoising_slider()
             with gr.Row(elem_id=f"{tab}_seed_row"):
                 seed = gr.Number(label="Seed", value=-1, precision=0, elem_id=f"{tab}_seed", scale=4)
                 random_seed = gr.Button("🎲", elem_id=f"{tab}_random_seed", scale=0, min_width=40)
@@ -243,7 +235,7 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
                                batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
                                seed_resize_from_w, seed_resize_from_h, hires_controls, i2i_controls, gallery,
                                generation_info, selected, send_to_img2img)
-    make_params = build_img2img_params if i2i_controls is not None else build_params
+    make_params = img2img_ui.build_params if i2i_controls is not None else build_params
 
     def run(*values):
         params = make_params(state, *values)
@@ -290,31 +282,6 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
     if hires_controls is not None:
         _wire_hires(hires_controls, width, height)
     return controls, progress_html
-
-
-def _img2img_inputs() -> Img2ImgControls:
-    """The picture to start from (transparency kept: the job flattens it onto the background setting) and the
-    resize mode, at the top of the img2img settings as in A1111."""
-    image = gr.Image(label="Image for img2img", type="pil", image_mode="RGBA", sources=["upload", "clipboard"],
-                     elem_id="img2img_image", height=360)
-    resize_mode = gr.Radio(label="Resize mode", choices=list(img2img.RESIZE_MODES), value=img2img.RESIZE_MODES[0],
-                           elem_id="resize_mode")
-    return Img2ImgControls(image, resize_mode)
-
-
-def build_img2img_params(state: AppState, image, resize_mode: str, denoising_strength: float,
-                         *values) -> GenerationParams:
-    """The img2img job the controls describe: :func:`build_params`' values (``values``, in its order) and the
-    picture, resize mode and denoising strength; ``gr.Error`` when there is no picture or a value is bad."""
-    if image is None:
-        raise gr.Error("Put a picture in the img2img image box first (drop, paste or click to upload)")
-    params = build_params(state, *values)
-    try:
-        mode = img2img.RESIZE_MODES.index(resize_mode) if resize_mode in img2img.RESIZE_MODES else int(resize_mode)
-        return dataclasses.replace(params, init_images=(image,), resize_mode=mode,
-                                   denoising_strength=_number(denoising_strength)).validate()
-    except (ValueError, TypeError) as e:
-        raise gr.Error(str(e)) from e
 
 
 def _hires_section(state: AppState) -> HiresControls:
@@ -438,11 +405,12 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
         params = GenerationParams(
             prompt=prompt, negative_prompt=negative, sampler_name=sampler, scheduler=schedule, steps=int(steps),
             width=int(width), height=int(height), n_iter=int(batch_count), batch_size=int(batch_size),
-            cfg_scale=_number(cfg_scale), seed=int(seed if seed is not None else -1),
+            cfg_scale=number_value(cfg_scale), seed=int(seed if seed is not None else -1),
             subseed=int(subseed if subseed is not None else -1), subseed_strength=float(subseed_strength),
             seed_resize_from_w=int(seed_resize_from_w or 0), seed_resize_from_h=int(seed_resize_from_h or 0),
             clip_skip=int(clip_skip), override_settings=png_info.parse_overrides(overrides),
-            enable_hr=bool(enable_hr), denoising_strength=_number(denoising_strength), hr_scale=_number(hr_scale),
+            enable_hr=bool(enable_hr), denoising_strength=number_value(denoising_strength),
+            hr_scale=number_value(hr_scale),
             hr_upscaler=hr_upscaler or None, hr_second_pass_steps=int(hr_second_pass_steps or 0),
             hr_resize_x=int(hr_resize_x or 0), hr_resize_y=int(hr_resize_y or 0),
             hr_sampler_name=None if hr_sampler in (None, "", png_info.SAME_SAMPLER) else hr_sampler,
@@ -454,7 +422,7 @@ def build_params(state: AppState, prompt: str, negative: str, styles: list[str] 
         raise gr.Error(str(e)) from e
 
 
-def _number(value: float) -> float | int:
+def number_value(value: float) -> float | int:
     """A whole slider value as an int: A1111's page sends 7 for CFG 7, so its infotext says ``CFG scale: 7``."""
     value = float(value)
     return int(value) if value.is_integer() else value
