@@ -109,11 +109,17 @@ def vanilla_side(state: AppState, size: int, steps: int, seed: int, device: str)
 
 
 def measure(state: AppState, size: int, steps: int, device: str, repeats: int, warmup: int, seed: int) -> Result:
-    import numpy as np
-
     sides = {"ours": lambda: run_ours(state, size, steps, seed), "vanilla": vanilla_side(state, size, steps, seed,
                                                                                          device)}
-    result = Result(size, steps)
+    return time_sides(sides, Result(size, steps), device, repeats, warmup)
+
+
+def time_sides(sides: dict[str, Callable[[], list[Image.Image]]], result: Result, device: str, repeats: int,
+               warmup: int) -> Result:
+    """``warmup`` untimed runs of each side, then ``repeats`` pairs timed A B / B A into ``result``, and the two
+    sides' last pictures compared (``result.max_diff``)."""
+    import numpy as np
+
     for _ in range(warmup):
         for fn in sides.values():
             fn()
@@ -126,7 +132,7 @@ def measure(state: AppState, size: int, steps: int, device: str, repeats: int, w
     return result
 
 
-def table(results: Sequence[Result]) -> str:
+def table(results: Sequence[Result], steps: int = 0) -> str:
     lines = ["| Job | ours median (s) | vanilla median (s) | ours/vanilla [IQR] (overhead) | Max Δpixel |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
@@ -137,15 +143,25 @@ def table(results: Sequence[Result]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark; print the table (and append a dated section to the docs with --write-docs)."""
+    return compare_main(argv, __doc__, "benchmarks/hires.py", HEADING, 3, measure, table,
+                        "each pass's steps (default 20)")
+
+
+def compare_main(argv: Sequence[str] | None, doc: str, script: str, heading: str, quick_steps: int,
+                 measure_one: Callable[..., Result], make_table: Callable[[Sequence[Result], int], str],
+                 steps_help: str) -> int:
+    """The command line of a side-by-side benchmark (this one, benchmarks/img2img.py): parse the options, build
+    the model and app state (tiny on the CPU, random SD1.5 fp16 on CUDA), ``measure_one``, print the dated section
+    (environment, command, method, ``make_table``) and append it to the docs with --write-docs."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--repeats", type=count_at_least(1), default=5, help="timed pairs (default 5)")
     parser.add_argument("--warmup", type=count_at_least(0), default=1, help="untimed runs per side first")
-    parser.add_argument("--steps", type=count_at_least(1), default=20, help="steps of each pass (default 20)")
+    parser.add_argument("--steps", type=count_at_least(1), default=20, help=steps_help)
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=count_at_least(1), default=None, help="torch CPU threads")
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps, 1 pair, 1 warm-up")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick_steps} steps, 1 pair, 1 warm-up")
     parser.add_argument("--write-docs", action="store_true", help=f"append the results to {DOCS_FILE}")
     args = parser.parse_args(argv)
     setup()
@@ -155,9 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)
-    steps, repeats = (3, 1) if args.quick else (args.steps, args.repeats)
+    steps, repeats = (quick_steps, 1) if args.quick else (args.steps, args.repeats)
     size = 512 if args.device == "cuda" else 64
-    with tempfile.TemporaryDirectory(prefix="bench-hires-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="bench-side-by-side-") as tmp:
         ckpt_dir = Path(tmp) / "data" / "models" / "Stable-diffusion"
         if args.device == "cpu":
             write_tiny_checkpoint(ckpt_dir)
@@ -165,21 +181,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             write_random_sd15(ckpt_dir, args.device)
         state = build_app_state(Path(tmp) / "data", args.device)
         try:
-            results = [measure(state, size, steps, args.device, repeats, args.warmup, args.seed)]
+            results = [measure_one(state, size, steps, args.device, repeats, args.warmup, args.seed)]
             env = environment(state, args.device, torch.get_num_threads())
         finally:
             state.queue.shutdown()
     model = "tiny" if args.device == "cpu" else "random full-size SD1.5"
     lines = [f"### {env['Date']} — {env['Device'].split(' dtype=')[0]}, {model} model", ""]
     lines += [f"- {key}: {value}" for key, value in env.items() if key != "Date"]
-    lines += [f"- Command: `{shlex.join(['python', 'benchmarks/hires.py', *argv])}`",
+    lines += [f"- Command: `{shlex.join(['python', script, *argv])}`",
               f"- Method: {args.warmup} warm-up run(s) per side, then {repeats} interleaved pairs; ratio = median "
               "of the per-pair wall-time ratios ours/vanilla [IQR]; Max Δpixel: uint8, ours vs vanilla (we truncate "
-              "as A1111, diffusers rounds).", "", table(results), ""]
+              "as A1111, diffusers rounds).", "", make_table(results, steps), ""]
     section = "\n".join(lines)
     print(section)
     if args.write_docs:
-        append_to_docs(section, heading=HEADING)
+        append_to_docs(section, heading=heading)
     return 0
 
 

@@ -11,6 +11,7 @@
 #   gpu       benchmarks/gpu.py --write-docs                       (default / --opt-compile / vanilla, memory modes)
 #   networks  benchmarks/networks.py --device cuda --write-docs    (LoRA switch, first load, per-step overhead)
 #   hires     benchmarks/hires.py --device cuda --write-docs       (hires fix 512² → 1024² vs diffusers' chain)
+#   img2img   benchmarks/img2img.py --device cuda --write-docs     (img2img 512² vs diffusers' img2img pipeline)
 #
 # Each stage's log goes to $OUT/<stage>.log and one line per stage to $OUT/summary.txt; at the end the (appended)
 # docs/benchmarks.md is copied to $OUT, because only $OUT comes back from the machine: copy it over the local
@@ -29,8 +30,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 for name in "$@"; do
     case $name in
-        env|tests|txt2img|gpu|networks|hires) ;;
-        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks, hires)" >&2; exit 2 ;;
+        env|tests|txt2img|gpu|networks|hires|img2img) ;;
+        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks, hires, img2img)" >&2; exit 2 ;;
     esac
 done
 
@@ -47,11 +48,13 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     GPU=(benchmarks/gpu.py --device cpu --model tiny --size 64 --steps 2 --batches 1 --repeats 1 --no-compile)
     NETWORKS=(benchmarks/networks.py --quick)
     HIRES=(benchmarks/hires.py --quick)
+    IMG2IMG=(benchmarks/img2img.py --quick)
 else
     TXT2IMG=(benchmarks/txt2img.py --device cuda --write-docs)
     GPU=(benchmarks/gpu.py --write-docs)
     NETWORKS=(benchmarks/networks.py --device cuda --write-docs)
     HIRES=(benchmarks/hires.py --device cuda --write-docs)
+    IMG2IMG=(benchmarks/img2img.py --device cuda --write-docs)
 fi
 
 status=0
@@ -76,6 +79,7 @@ print(\"diffusers\", diffusers.__version__, \"transformers\", transformers.__ver
         gpu) stage gpu "$PYTHON" "${GPU[@]}" ;;
         networks) stage networks "$PYTHON" "${NETWORKS[@]}" ;;
         hires) stage hires "$PYTHON" "${HIRES[@]}" ;;
+        img2img) stage img2img "$PYTHON" "${IMG2IMG[@]}" ;;
     esac
 done
 cp docs/benchmarks.md "$OUT/benchmarks.md"

@@ -449,6 +449,8 @@ def encode_b64(image: Image.Image) -> str:
     ({"init_images": ["OK"], "mask": "TRUNCATED"}, "mask: the picture cannot be decoded"),
     ({"init_images": ["OK"], "mask": "OK", "latent_mask": "OK"}, "latent_mask is not supported"),
     ({"init_images": ["OK"], "mask": "OK", "inpainting_fill": 5}, "inpainting_fill must be from 0 to 3"),
+    ({"init_images": ["OK"], "mask": "OK", "infotext": "x\nSteps: 4, Sampler: Euler, Size: 64x64, Masked content: "
+      "bogus"}, "Masked content must be one of fill, original"),
     ({"init_images": ["OK"], "resize_mode": 7}, "resize_mode must be from 0 to 3"),
     ({"init_images": ["OK"], "denoising_strength": 1.5}, "denoising_strength must be from 0 to 1"),
     ({"init_images": ["OK", "OK"], "batch_size": 1}, "2 init images were sent for a batch of 1"),
@@ -484,6 +486,15 @@ def test_inpainting_through_the_webuiapi_client(server: Server) -> None:
     assert np.abs(ours[:, :20] - original[:, :20]).mean() > 10
     text = result.info["infotexts"][0]
     assert "Denoising strength: 0.9, Mask blur: 4," in text and "Inpaint area" not in text
-    replay = post(server, "img2img", {"init_images": [encode_b64(source)], "mask": encode_b64(mask), "infotext": text,
-                                      "inpaint_full_res": False, "inpainting_fill": 1})
+    # the infotext alone gives the inpainting settings back (A1111's defaults where it names none)
+    replay = post(server, "img2img", {"init_images": [encode_b64(source)], "mask": encode_b64(mask), "infotext": text})
     assert np.array_equal(pixels(replay.json()["images"][0]), pixels(encode_b64(result.image)))
+    boxed = post(server, "img2img", {**SMALL, "init_images": [encode_b64(source)], "mask": encode_b64(mask),
+                                     "inpaint_full_res": True, "inpaint_full_res_padding": 8, "inpainting_fill": 0,
+                                     "inpainting_mask_invert": 1, "mask_blur": 2, "denoising_strength": 0.7}).json()
+    boxed_text = image_text(boxed["images"][0])
+    assert "Mask mode: Inpaint not masked, Mask blur: 2, Inpaint area: Only masked, Masked area padding: 8, " \
+           "Masked content: fill" in boxed_text
+    again = post(server, "img2img", {"init_images": [encode_b64(source)], "mask": encode_b64(mask),
+                                     "infotext": boxed_text}).json()
+    assert np.array_equal(pixels(again["images"][0]), pixels(boxed["images"][0]))

@@ -42,13 +42,16 @@ def test_cuda_without_cuda_fails_clearly() -> None:
 
 
 @pytest.mark.slow
-def test_quick_hires_benchmark_compares_the_two_chains() -> None:
-    """benchmarks/hires.py: our hires job and diffusers' txt2img → upscale → img2img chain, timed and compared."""
+@pytest.mark.parametrize(("script", "row"), [
+    ("hires.py", "| 64² → 128²"),  # our hires job vs diffusers' txt2img → upscale → img2img chain
+    ("img2img.py", "| 64², Euler 4 of 4 st"),  # our img2img job vs diffusers' StableDiffusionImg2ImgPipeline
+])
+def test_quick_side_by_side_benchmark_compares_with_diffusers(script: str, row: str) -> None:
+    """A side-by-side benchmark runs both sides, times them and compares their pictures."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "hires.py"), "--quick"], cwd=REPO, env=env,
+    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / script), "--quick"], cwd=REPO, env=env,
                             capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, f"exit {result.returncode}\n{result.stderr[-4000:]}"
-    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith("| 64² → 128²")]
+    rows = [line.split("|") for line in result.stdout.splitlines() if line.startswith(row)]
     assert len(rows) == 1, result.stdout
     assert int(rows[0][-2]) <= 1  # the same picture: at most one uint8 level (rounding) apart
-

@@ -33,6 +33,9 @@ HIRES = ("a red circle\nNegative prompt: blurry\nSteps: 8, Sampler: Euler a, Sch
          "Hires sampler: DPM++ 2M, Hires prompt: \"a red circle, detailed\", Hires negative prompt: noisy, "
          "Hires upscale: 1.5, Hires steps: 12, Hires upscaler: Latent (nearest-exact), Hires schedule type: Karras, "
          "Version: v1.10.1")
+# A1111's parsing defaults for the inpainting fields: every paste sets img2img's inpainting controls (txt2img has none)
+INPAINT_DEFAULTS = {"mask_mode": "Inpaint masked", "inpainting_fill": "original", "inpaint_area": "Whole picture",
+                    "padding": 32}
 
 
 def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
@@ -43,7 +46,7 @@ def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
                             "seed": 31337, "width": 72, "height": 64, "subseed": 17, "subseed_strength": 0.25,
                             "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential",
                             "seed_resize_from_w": 0, "seed_resize_from_h": 0,  # absent: off, not left as it was
-                            **HIRES_OFF}
+                            **HIRES_OFF, **INPAINT_DEFAULTS}
     assert paste.checkpoint == tiny
     assert sorted(paste.overrides) == ["ENSD: 31337", "Emphasis: No norm", "RNG: CPU"]
     assert not paste.warnings

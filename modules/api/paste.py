@@ -42,6 +42,15 @@ INFOTEXT_FIELDS: tuple[tuple[str, str, type], ...] = (
     ("hr_scheduler", "Hires schedule type", str), ("hr_prompt", "Hires prompt", str),
     ("hr_negative_prompt", "Hires negative prompt", str),
 )
+#: An img2img request's inpainting fields: (field, infotext key, value for each choice) — parsing fills A1111's
+#: defaults for the last three (original, whole picture, padding 32), as its paste does.
+INPAINT_INFOTEXT_FIELDS: tuple[tuple[str, str, dict[str, object] | type], ...] = (
+    ("mask_blur", "Mask blur", int),
+    ("inpainting_mask_invert", "Mask mode", {"Inpaint masked": 0, "Inpaint not masked": 1}),
+    ("inpainting_fill", "Masked content", {"fill": 0, "original": 1, "latent noise": 2, "latent nothing": 3}),
+    ("inpaint_full_res", "Inpaint area", {"Whole picture": False, "Only masked": True}),
+    ("inpaint_full_res_padding", "Masked area padding", int),
+)
 #: A1111 skips the checkpoint while ``disable_weights_auto_swap`` is on (its default; we have no such option).
 SKIPPED_OVERRIDES = frozenset({"Model hash"})
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
@@ -128,6 +137,17 @@ def apply_to_request(state: AppState, request: Txt2ImgRequest) -> dict[str, obje
     for field, key, kind in INFOTEXT_FIELDS:
         if field not in given and params.get(key) is not None:
             setattr(request, field, _cast(params[key], kind, key))
+    if "init_images" in type(request).model_fields:  # img2img: its inpainting settings too
+        for field, key, kind in INPAINT_INFOTEXT_FIELDS:
+            if field in given or params.get(key) is None or (field == "mask_blur" and given & {"mask_blur_x",
+                                                                                             "mask_blur_y"}):
+                continue
+            if isinstance(kind, dict):
+                if str(params[key]) not in kind:
+                    raise ValueError(f"infotext: {key} must be one of {', '.join(kind)}; got {params[key]!r}")
+                setattr(request, field, kind[str(params[key])])
+            else:
+                setattr(request, field, _cast(params[key], kind, key))
     if "enable_hr" not in given and "Denoising strength" in params and any(
             k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
         request.enable_hr = True
