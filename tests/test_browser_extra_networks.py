@@ -153,6 +153,22 @@ def test_lora_card_inserts_alias_and_activation_text_then_removes_them(page, art
     expect(prompt(page)).to_have_value("a cat <lora:plain:1>")
 
 
+def test_the_img2img_tab_has_its_own_panel_inserting_into_its_own_prompt(page) -> None:
+    """As in A1111, each generation tab has the panel; a card on the img2img tab's writes to the img2img prompt and
+    leaves txt2img's alone."""
+    page.locator("#tabs button[role=tab]", has_text="img2img").click()
+    panel = page.locator("#img2img_extra_networks")
+    panel.locator(".en-tab[data-page=lora]").click()
+    expect(panel.locator('.en-window .card[data-name="plain"]')).to_be_visible()
+    page.locator("#img2img_prompt textarea").fill("a cat")
+    panel.locator('.en-window .card[data-name="plain"]').click()
+    expect(page.locator("#img2img_prompt textarea")).to_have_value("a cat <lora:plain:1>")
+    panel.locator('.en-window .card[data-name="negly"]').click()  # negative text: the img2img negative prompt
+    expect(page.locator("#img2img_neg_prompt textarea")).to_have_value(" (blurry:1)")
+    expect(prompt(page)).to_have_value("")
+    expect(negative(page)).to_have_value("")
+
+
 def test_embedding_goes_to_the_focused_box_and_hypernetwork_tag(page) -> None:
     open_tab(page, "textual_inversion")
     negative(page).fill("lowres")
