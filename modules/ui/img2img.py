@@ -17,7 +17,8 @@ from modules import img2img, masking
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 
-#: The sub-tabs, in order: what the ``mode`` state holds (A1111's ``mode`` index for these three).
+#: The sub-tabs, in order: what the ``mode`` state holds (A1111 numbers its five sub-tabs otherwise; this one has
+#: no Sketch, Inpaint sketch or Batch).
 MODES = ("img2img", "Inpaint", "Inpaint upload")
 MODE_TAB_IDS = ("img2img_img2img_tab", "img2img_inpaint_tab", "img2img_inpaint_upload_tab")
 
