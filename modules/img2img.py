@@ -81,19 +81,10 @@ def batch_pictures(images: Sequence[Image.Image], batch_size: int, width: int, h
     pictures than ``batch_size`` shrink the batch; :func:`batch_size_for` says to what).
 
     Raises:
-        Img2ImgError: no picture, more pictures than the batch holds, pictures of different sizes for the latent
-            resize mode, or a bad mode.
+        Img2ImgError: what :func:`check_pictures` refuses, or a bad mode.
     """
-    pictures = [resize_image(mode, flatten(image, background), width, height) for image in images]
-    if not pictures:
-        raise Img2ImgError("img2img needs an init image (init_images is empty)")
-    if len(pictures) > batch_size:
-        raise Img2ImgError(f"{len(pictures)} init images were sent for a batch of {batch_size}; send one image, or "
-                           f"at most batch_size ({batch_size})")
-    if mode == LATENT_RESIZE and len({p.size for p in pictures}) > 1:
-        raise Img2ImgError("with Just resize (latent upscale) the init images must all have one size; got "
-                           + ", ".join(f"{p.width}x{p.height}" for p in pictures))
-    return for_batch(pictures, batch_size)
+    check_pictures(images, batch_size, mode)
+    return for_batch([resize_image(mode, flatten(image, background), width, height) for image in images], batch_size)
 
 
 def for_batch(items: list, batch_size: int) -> list:
@@ -106,8 +97,19 @@ def batch_size_for(images: Sequence[Image.Image], batch_size: int) -> int:
     return batch_size if len(images) <= 1 else min(len(images), batch_size)
 
 
-def check_size(images: Sequence[Image.Image], mode: int, max_side: int) -> None:
-    """The latent resize mode encodes the pictures at their own size: bound it as the job's size is bounded."""
+def check_pictures(images: Sequence[Image.Image], batch_size: int, mode: int, max_side: int = 4096) -> None:
+    """What init pictures a job can start from: at least one, at most ``batch_size``; for *Just resize (latent
+    upscale)*, which encodes them at their own size, all of one size and each side from 8 to ``max_side`` pixels (as
+    the job's size is bounded).
+
+    Raises:
+        Img2ImgError: saying which rule the pictures break and what to do.
+    """
+    if not images:
+        raise Img2ImgError("img2img needs an init image (init_images is empty)")
+    if len(images) > batch_size:
+        raise Img2ImgError(f"{len(images)} init images were sent for a batch of {batch_size}; send one image, or "
+                           f"at most batch_size ({batch_size})")
     if mode != LATENT_RESIZE:
         return
     for image in images:
@@ -115,6 +117,9 @@ def check_size(images: Sequence[Image.Image], mode: int, max_side: int) -> None:
             raise Img2ImgError(f"with Just resize (latent upscale) the init image is encoded at its own size, "
                                f"{image.width}x{image.height}; each side must be from 8 to {max_side} pixels: "
                                "resize it first or pick another resize mode")
+    if len({image.size for image in images}) > 1:
+        raise Img2ImgError("with Just resize (latent upscale) the init images must all have one size; got "
+                           + ", ".join(f"{image.width}x{image.height}" for image in images))
 
 
 def resize_latents(latents: torch.Tensor, mode: int, width: int, height: int) -> torch.Tensor:

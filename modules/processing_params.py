@@ -127,7 +127,7 @@ class GenerationParams:
                                        or not 0 <= multiplier <= 1.5):
             raise ParamsError(f"initial_noise_multiplier must be from 0 to 1.5; got {multiplier!r}")
         try:
-            img2img.check_size(self.init_images, self.resize_mode, MAX_SIDE)
+            img2img.check_pictures(self.init_images, self.batch_size, self.resize_mode, MAX_SIDE)
         except img2img.Img2ImgError as e:
             raise ParamsError(str(e)) from None
         if self.mask is not None:
@@ -138,9 +138,6 @@ class GenerationParams:
             _check_int("inpainting_fill", self.inpainting_fill, 0, 3)
             _check_int("inpaint_full_res_padding", self.inpaint_full_res_padding, 0, MAX_SIDE)
             _check_int("inpainting_mask_invert", int(self.inpainting_mask_invert), 0, 1)
-        if len(self.init_images) > self.batch_size:
-            raise ParamsError(f"{len(self.init_images)} init images were sent for a batch of {self.batch_size}; "
-                              f"send one image, or at most batch_size ({self.batch_size})")
 
     def _check_strength(self) -> None:
         if not isinstance(self.denoising_strength, (int, float)) or isinstance(self.denoising_strength, bool) or \

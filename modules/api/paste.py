@@ -111,7 +111,12 @@ def _addnet_fields(params: dict[str, object]) -> None:
         params["Prompt"] = f"{params.get('Prompt', '')}\n{''.join(added)}"
 
 
-def _cast(value: object, kind: type, field: str) -> object:
+def _cast(value: object, kind: type | dict[str, object], field: str) -> object:
+    """An infotext value as the request field's type; ``kind`` a dict: the value its choice stands for."""
+    if isinstance(kind, dict):
+        if str(value) not in kind:
+            raise ValueError(f"infotext: {field} must be one of {', '.join(kind)}; got {value!r}")
+        return kind[str(value)]
     try:
         if kind is int:
             number = float(value) if isinstance(value, str) else value
@@ -134,20 +139,13 @@ def apply_to_request(state: AppState, request: Txt2ImgRequest) -> dict[str, obje
         return {}
     given = set(request.model_fields_set)
     params = parameters(state, request.infotext)
-    for field, key, kind in INFOTEXT_FIELDS:
-        if field not in given and params.get(key) is not None:
-            setattr(request, field, _cast(params[key], kind, key))
-    if "init_images" in type(request).model_fields:  # img2img: its inpainting settings too
-        for field, key, kind in INPAINT_INFOTEXT_FIELDS:
-            if field in given or params.get(key) is None or (field == "mask_blur" and given & {"mask_blur_x",
-                                                                                             "mask_blur_y"}):
-                continue
-            if isinstance(kind, dict):
-                if str(params[key]) not in kind:
-                    raise ValueError(f"infotext: {key} must be one of {', '.join(kind)}; got {params[key]!r}")
-                setattr(request, field, kind[str(params[key])])
-            else:
-                setattr(request, field, _cast(params[key], kind, key))
+    img2img = "init_images" in type(request).model_fields  # then its inpainting settings too
+    for field, key, kind in INFOTEXT_FIELDS + (INPAINT_INFOTEXT_FIELDS if img2img else ()):
+        if field in given or params.get(key) is None:
+            continue
+        if field == "mask_blur" and given & {"mask_blur_x", "mask_blur_y"}:  # the request's own blur wins
+            continue
+        setattr(request, field, _cast(params[key], kind, key))
     if "enable_hr" not in given and "Denoising strength" in params and any(
             k in params for k in ("Hires upscale", "Hires upscaler", "Hires resize-1")):
         request.enable_hr = True
