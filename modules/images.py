@@ -17,12 +17,13 @@ from PIL import Image
 
 from modules import infotext
 
-_NUMBERED = re.compile(r"^(\d+)-")
+_NUMBERED = re.compile(r"^(\d+)(?=[-.])")  # "00012-seed.png", or a grid's "0003.png" after its prefix
 _save_lock = threading.Lock()  # two jobs never pick the same number
 
 
 def next_number(folder: Path, prefix: str = "") -> int:
-    """One more than the highest ``NNNNN-`` number of the files in ``folder`` (0 when there are none)."""
+    """One more than the highest number of the files in ``folder`` named ``NNNNN-...`` (or ``{prefix}NNNN.png``);
+    0 when there are none."""
     highest = -1
     if folder.is_dir():
         for entry in folder.iterdir():
@@ -39,7 +40,7 @@ def dated_folder(base: Path, use_date: bool = True) -> Path:
 
 
 def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, grid: bool = False,
-               suffix: str = "") -> Path:
+               suffix: str = "", prefix: str = "grid") -> Path:
     """Save one PNG with its infotext and return its path.
 
     Args:
@@ -47,14 +48,15 @@ def save_image(image: Image.Image, folder: Path, seed: int, text: str | None, gr
         folder: final folder (already dated).
         seed: goes in the file name (``NNNNN-SEED.png``); ignored for grids (``grid-NNNN.png``).
         text: the infotext, or None to write none (``enable_pnginfo`` off).
-        grid: name it as a grid.
+        grid: name it as a grid (``PREFIX-NNNN.png``).
         suffix: added after the seed (A1111's ``-before-highres-fix``).
+        prefix: a grid's name (A1111's ``xyz_grid`` for the X/Y/Z plot).
     """
     folder.mkdir(parents=True, exist_ok=True)
     pnginfo = infotext.add_to_png(text) if text else None
     with _save_lock:
         if grid:
-            path = folder / f"grid-{next_number(folder, 'grid-'):04d}.png"
+            path = folder / f"{prefix}-{next_number(folder, prefix + '-'):04d}.png"
         else:
             path = folder / f"{next_number(folder):05d}-{seed}{suffix}.png"
         image.save(path, format="PNG", pnginfo=pnginfo)

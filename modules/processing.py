@@ -305,7 +305,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         grid = images.image_grid(samples)
         grid_text = texts[0]
         if opts["grid_save"] and params.save_images:
-            folder = _output_folder(state, opts, f"outdir_{params.mode}_grids")
+            folder = output_folder(state, opts, f"outdir_{params.mode}_grids")
             saved.append(images.save_image(grid, folder, seed, grid_text if opts["enable_pnginfo"] else None, grid=True))
         if opts["return_grid"]:
             output, first = [grid, *samples], 1
@@ -546,7 +546,7 @@ def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, nega
     return infotext.build(prompt, negative_prompt, infotext.ordered_params(fixed, extra, version))
 
 
-def _output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:
+def output_folder(state: AppState, opts: dict[str, object], key: str) -> Path:
     base = Path(str(opts["outdir_samples"] or opts[key]))
     if not base.is_absolute():
         base = state.paths.data_dir / base
@@ -568,7 +568,7 @@ def _save_first_pass(state: AppState, setup: JobSetup, first_pass: torch.Tensor 
 
 def _save(state: AppState, opts: dict[str, object], image: Image.Image, seed: int, text: str,
           suffix: str = "", mode: str = "txt2img") -> Path:
-    folder = _output_folder(state, opts, f"outdir_{mode}_samples")
+    folder = output_folder(state, opts, f"outdir_{mode}_samples")
     start = time.perf_counter()
     path = images.save_image(image, folder, seed, text if opts["enable_pnginfo"] else None, suffix=suffix)
     logger.debug("Saved %s in %.3fs", path, time.perf_counter() - start)

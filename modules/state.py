@@ -38,11 +38,16 @@ class JobState:
     time_start: float | None = None
     current_latent: object | None = None  # torch.Tensor (B, 4, h, w): the latest latents kept for the live preview
     id_live_preview: int = 0  # counts the latents kept, so a client can ask only for a newer preview
+    outer: bool = False  # a script (X/Y/Z plot) runs several jobs as one: their begin/end keep its counts
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job: str, job_count: int) -> None:
-        """Start a job of ``job_count`` batches."""
+        """Start a job of ``job_count`` batches; inside a script's run (:meth:`begin_outer`), go on counting."""
         with self._lock:
+            if self.outer:
+                self.sampling_step = self.sampling_steps = 0
+                self.skipped = False
+                return
             self.job, self.job_count, self.job_no = job, job_count, 0
             self.sampling_step = self.sampling_steps = 0
             self.interrupted = self.skipped = False
@@ -80,8 +85,23 @@ class JobState:
         with self._lock:
             return self.current_latent, self.id_live_preview
 
+    def begin_outer(self, job: str, job_count: int) -> None:
+        """Start a run of several jobs that counts as one (A1111's script ``job_count``): an interrupt stops them
+        all, and progress goes over ``job_count`` batches in all. :meth:`end_outer` ends it."""
+        self.begin(job, job_count)
+        with self._lock:
+            self.outer = True
+
+    def end_outer(self) -> None:
+        with self._lock:
+            self.outer = False
+        self.end()
+
     def end(self) -> None:
         with self._lock:
+            if self.outer:
+                self.sampling_step = self.sampling_steps = 0
+                return
             self.current_latent = None
             self.job = ""
             self.job_count = self.job_no = 0

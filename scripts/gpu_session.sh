@@ -12,6 +12,7 @@
 #   networks  benchmarks/networks.py --device cuda --write-docs    (LoRA switch, first load, per-step overhead)
 #   hires     benchmarks/hires.py --device cuda --write-docs       (hires fix 512² → 1024² vs diffusers' chain)
 #   img2img   benchmarks/img2img.py --device cuda --write-docs     (img2img 512² vs diffusers' img2img pipeline)
+#   xyz       benchmarks/xyz.py --device cuda --write-docs         (X/Y/Z plot of LoRA weights vs diffusers adapters)
 #
 # Each stage's log goes to $OUT/<stage>.log and one line per stage to $OUT/summary.txt; at the end the (appended)
 # docs/benchmarks.md is copied to $OUT, because only $OUT comes back from the machine: copy it over the local
@@ -30,8 +31,8 @@ export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 for name in "$@"; do
     case $name in
-        env|tests|txt2img|gpu|networks|hires|img2img) ;;
-        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks, hires, img2img)" >&2; exit 2 ;;
+        env|tests|txt2img|gpu|networks|hires|img2img|xyz) ;;
+        *) echo "unknown stage: $name (env, tests, txt2img, gpu, networks, hires, img2img, xyz)" >&2; exit 2 ;;
     esac
 done
 
@@ -49,12 +50,14 @@ if [ "${REHEARSAL:-0}" = 1 ]; then
     NETWORKS=(benchmarks/networks.py --quick)
     HIRES=(benchmarks/hires.py --quick)
     IMG2IMG=(benchmarks/img2img.py --quick)
+    XYZ=(benchmarks/xyz.py --quick)
 else
     TXT2IMG=(benchmarks/txt2img.py --device cuda --write-docs)
     GPU=(benchmarks/gpu.py --write-docs)
     NETWORKS=(benchmarks/networks.py --device cuda --write-docs)
     HIRES=(benchmarks/hires.py --device cuda --write-docs)
     IMG2IMG=(benchmarks/img2img.py --device cuda --write-docs)
+    XYZ=(benchmarks/xyz.py --device cuda --write-docs)
 fi
 
 status=0
@@ -80,6 +83,7 @@ print(\"diffusers\", diffusers.__version__, \"transformers\", transformers.__ver
         networks) stage networks "$PYTHON" "${NETWORKS[@]}" ;;
         hires) stage hires "$PYTHON" "${HIRES[@]}" ;;
         img2img) stage img2img "$PYTHON" "${IMG2IMG[@]}" ;;
+        xyz) stage xyz "$PYTHON" "${XYZ[@]}" ;;
     esac
 done
 cp docs/benchmarks.md "$OUT/benchmarks.md"

@@ -89,7 +89,7 @@ def test_webuiapi_client_against_the_live_server(server: Server) -> None:
     assert client.interrupt() is None and client.skip() is None  # nothing running: no effect, no error
     assert client.get_memory()["cuda"] == {"error": "unavailable"} or "system" in client.get_memory()["cuda"]
     assert [u["name"] for u in client.get_upscalers()] == ["None", "Lanczos", "Nearest"]
-    assert client.get_scripts() == {"txt2img": [], "img2img": []}
+    assert client.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
 
 
 def test_memory_extensions_and_empty_lists(server: Server) -> None:
@@ -98,7 +98,7 @@ def test_memory_extensions_and_empty_lists(server: Server) -> None:
     assert set(memory["cuda"]) in ({"error"}, {"system", "active", "allocated", "reserved", "inactive", "events"})
     assert requests.get(server.api("extensions"), timeout=30).json() == [
         {"name": "Lora", "remote": "", "branch": "", "commit_hash": "", "version": "", "commit_date": 0, "enabled": True}]
-    for route in ("script-info", "face-restorers", "realesrgan-models"):
+    for route in ("face-restorers", "realesrgan-models"):
         assert requests.get(server.api(route), timeout=30).json() == [], route
 
 
@@ -124,16 +124,17 @@ def test_every_listed_sampler_and_scheduler_generates(server: Server) -> None:
         assert schedule == scheduler["label"] or scheduler["name"] == "automatic", (scheduler, schedule)
 
 
-def test_scripts_are_reported_as_unsupported_and_cmd_flags_and_docs(server: Server) -> None:
-    payload = {**SMALL, "prompt": "a kite", "seed": 9, "script_name": "x/y/z plot", "script_args": [1, "Seed", ""],
+def test_alwayson_scripts_are_reported_unknown_scripts_refused_and_cmd_flags_and_docs(server: Server) -> None:
+    payload = {**SMALL, "prompt": "a kite", "seed": 9,
                "alwayson_scripts": {"ADetailer": {"args": [True]}, "ControlNet": {"args": []}}}
     body = post(server, "txt2img", payload).json()
     comments = json.loads(body["info"])["comments"]
-    assert "scripts are not supported: x/y/z plot, ADetailer, ControlNet" in comments
+    assert "scripts are not supported: ADetailer, ControlNet" in comments
     plain = post(server, "txt2img", {**SMALL, "prompt": "a kite", "seed": 9}).json()
     assert json.loads(plain["info"])["comments"] == ""
     assert np.array_equal(pixels(body["images"][0]), pixels(plain["images"][0]))  # the image is made all the same
-    assert requests.get(server.api("scripts"), timeout=30).json() == {"txt2img": [], "img2img": []}
+    refused = post(server, "txt2img", {**SMALL, "script_name": "prompt matrix", "script_args": []})
+    assert refused.status_code == 422 and "'prompt matrix' is not available here" in refused.json()["detail"]
     flags = requests.get(server.api("cmd-flags"), timeout=30).json()
     assert flags["api"] is True and flags["nowebui"] is True and flags["data_dir"] == str(server.data)
     assert flags["api_auth"] is None and flags["gradio_auth"] is None
@@ -498,3 +499,43 @@ def test_inpainting_through_the_webuiapi_client(server: Server) -> None:
     again = post(server, "img2img", {"init_images": [encode_b64(source)], "mask": encode_b64(mask),
                                      "infotext": boxed_text}).json()
     assert np.array_equal(pixels(again["images"][0]), pixels(boxed["images"][0]))
+
+
+def test_xyz_plot_through_webuiapi_is_each_cell_run_alone(server: Server) -> None:
+    """A LoRA-weight plot the way A1111 clients send it: ``script_args`` positional, axes by A1111's indices
+    (6: CFG Scale, 7: Prompt S/R on txt2img). Every cell equals the same job sent on its own."""
+    import webuiapi
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]))
+    args = [6, "4, 8", [], 7, "inkA:0.5, inkA:1", [], 0, "", [], True, True, False, False, False, False, False, 0,
+            False]
+    result = client.txt2img(prompt="a kite <lora:inkA:0.5>", seed=31, script_name="X/Y/Z plot", script_args=args,
+                            **SMALL)
+    assert len(result.images) == 5 and result.info["index_of_first_image"] == 1
+    grid, cells = result.images[0], result.images[1:]
+    assert grid.width > 128 and grid.height > 128  # two by two cells and the legend
+    for cell, (cfg, weight) in zip(cells, [(4, 0.5), (8, 0.5), (4, 1), (8, 1)]):
+        alone = client.txt2img(prompt=f"a kite <lora:inkA:{weight}>", seed=31, cfg_scale=cfg, **SMALL).image
+        assert np.array_equal(np.asarray(cell.convert("RGB")), np.asarray(alone.convert("RGB"))), (cfg, weight)
+    fields = infotext.parse(result.info["infotexts"][0])
+    assert (fields["Script"], fields["X Type"], fields["X Values"], fields["Y Type"], fields["Y Values"]) == \
+        ("X/Y/Z plot", "CFG Scale", "4, 8", "Prompt S/R", "inkA:0.5, inkA:1")
+    assert infotext.read_from_image(grid) == result.info["infotexts"][0]
+
+
+def test_xyz_plot_dropdown_values_no_legend_and_refusals(server: Server) -> None:
+    base = {**SMALL, "prompt": "a boat", "seed": 4, "script_name": "x/y/z plot"}
+    reply = post(server, "txt2img", {**base, "script_args": [9, "", ["Euler", "Heun"], 0, "", [], 0, "", [], False]})
+    assert reply.status_code == 200, reply.text
+    grid = pixels(reply.json()["images"][0])
+    for i, sampler in enumerate(("Euler", "Heun")):
+        alone = post(server, "txt2img", {**SMALL, "prompt": "a boat", "seed": 4, "sampler_name": sampler}).json()
+        assert np.array_equal(grid[:, i * 64:(i + 1) * 64], pixels(alone["images"][0])), sampler
+    for args, said in (([4, "2, x"], "Steps: 'x' is not a whole number"), (["Eta", "0, 1"], "not supported here"),
+                       ([7, "dog, cat"], "Prompt S/R did not find dog"), ([1, "3", [], 99], "outside A1111's")):
+        refused = post(server, "txt2img", {**base, "script_args": args})
+        assert refused.status_code == 422 and said in refused.json()["detail"], (args, refused.text)
+    info = requests.get(server.api("script-info"), timeout=30).json()
+    txt2img = next(s for s in info if not s["is_img2img"])
+    assert txt2img["name"] == "x/y/z plot" and len(txt2img["args"]) == 18
+    assert txt2img["args"][0]["choices"][7] == "Prompt S/R" and txt2img["args"][16]["maximum"] == 500

@@ -45,6 +45,7 @@ def test_cuda_without_cuda_fails_clearly() -> None:
 @pytest.mark.parametrize(("script", "row"), [
     ("hires.py", "| 64² → 128²"),  # our hires job vs diffusers' txt2img → upscale → img2img chain
     ("img2img.py", "| 64², Euler 4 of 4 st"),  # our img2img job vs diffusers' StableDiffusionImg2ImgPipeline
+    ("xyz.py", "| 4 LoRA weights × 2 CFG"),  # our X/Y/Z plot vs the same cells with diffusers' PEFT adapter
 ])
 def test_quick_side_by_side_benchmark_compares_with_diffusers(script: str, row: str) -> None:
     """A side-by-side benchmark runs both sides, times them and compares their pictures."""

@@ -732,3 +732,68 @@ def _wait_for_saved(server: Server, key: str, value: object, timeout: float = 30
     while not (path.exists() and json.loads(path.read_text(encoding="utf-8") or "{}").get(key) == value):
         assert time.time() < deadline, f"{key}={value!r} was not saved to {path} within {timeout}s"
         time.sleep(0.2)
+
+
+def _choose_in(page, container: str, elem_id: str, option: str) -> None:
+    """``choose`` for a dropdown whose element id is on both tabs (A1111's ``script_list``)."""
+    page.locator(f"#{container} #{elem_id} input").click()
+    page.locator(f"#{container} #{elem_id} [role=option][aria-label={json.dumps(option)}]").click()
+
+
+def test_xyz_plot_from_the_page_equals_the_api_and_pastes_back(page, server: Server, artifacts: Path,
+                                                               tmp_path: Path) -> None:
+    """Script → X/Y/Z plot: CFG Scale across, samplers down (📒 fills every sampler into the dropdown; "Use text
+    inputs" turns them into text, edited to two). The grid equals the API's for the same ``script_args``; its PNG
+    sent back from PNG Info sets the plot up again."""
+    from modules import samplers
+
+    set_numbers(page, {**SMALL, "txt2img_seed": 5})
+    page.locator("#txt2img_prompt textarea").fill("a lighthouse")
+    plot = "script_txt2img_xyz_plot_"
+    sync_api.expect(page.locator(f"#{plot}x_type")).to_be_hidden()
+    _choose_in(page, "txt2img_script_container", "script_list", "X/Y/Z plot")
+    choose(page, plot + "x_type", "CFG Scale")
+    page.locator(f"#{plot}x_values textarea, #{plot}x_values input").first.fill("4, 8")
+    choose(page, plot + "y_type", "Sampler")
+    sync_api.expect(page.locator(f"#{plot}y_values_dropdown")).to_be_visible()
+    sync_api.expect(page.locator(f"#{plot}y_values")).to_be_hidden()
+    page.locator("#xyz_grid_fill_y_tool_button_txt2img").click()
+    sync_api.expect(page.locator(f"#{plot}y_values_dropdown .token")).to_have_count(len(samplers.SAMPLERS))
+    page.locator(f"#{plot}csv_mode input").check()
+    every = page.locator(f"#{plot}y_values textarea, #{plot}y_values input").first
+    sync_api.expect(every).to_have_value(",".join(s.name for s in samplers.SAMPLERS))  # CSV, as A1111 writes it
+    every.fill("Euler, Heun")
+    text = generate(page)
+    assert 'Script: X/Y/Z plot, X Type: CFG Scale, X Values: "4, 8", Y Type: Sampler, Y Values: "Euler, Heun"' in text
+    shot(page, artifacts, "08-xyz-plot")
+    grid_png = tmp_path / "grid.png"
+    grid_png.write_bytes(gallery_png(page))
+    args = ["CFG Scale", "4, 8", [], "Sampler", "Euler, Heun", [], "Nothing", "", [], True, False, False, False,
+            False, False, False, 0, True]
+    reply = requests.post(server.api("txt2img"), json={
+        "prompt": "a lighthouse", "steps": 4, "width": 64, "height": 64, "seed": 5, "sampler_name": "DPM++ 2M",
+        "cfg_scale": 7, "script_name": "x/y/z plot", "script_args": args}, timeout=300)
+    assert reply.status_code == 200, reply.text
+    import base64
+
+    api_grid = Image.open(BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB")
+    with Image.open(grid_png) as shown:
+        assert shown.size == api_grid.size and shown.width > 128 and shown.height > 128
+        assert np.array_equal(np.asarray(shown.convert("RGB")), np.asarray(api_grid))
+
+    page.reload()
+    page.wait_for_selector("#txt2img_prompt textarea")
+    page.locator("#tabs button[role=tab]", has_text="PNG Info").click()
+    page.locator("#pnginfo_image input[type=file]").set_input_files(str(grid_png))
+    sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile("X Type: CFG Scale"))
+    page.locator("#pnginfo_send_to_txt2img").click()
+    sync_api.expect(page.locator("#txt2img_script_container #script_list input")).to_have_value("X/Y/Z plot")
+    sync_api.expect(page.locator(f"#{plot}x_type input")).to_have_value("CFG Scale")
+    assert text_of(page, plot + "x_values") == "4, 8" and text_of(page, plot + "y_type") == "Sampler"
+    sync_api.expect(page.locator(f"#{plot}y_values_dropdown .token")).to_have_count(2)  # the page's dropdown mode
+    shot(page, artifacts, "08b-xyz-plot-pasted")
+    page.locator("#tabs button[role=tab]", has_text="txt2img").click()
+    pasted = generate(page)
+    assert pasted == text.replace('"Euler, Heun"', '"Euler,Heun"')  # a dropdown's list is written as CSV (A1111)
+    with Image.open(grid_png) as first, Image.open(BytesIO(gallery_png(page))) as again:
+        assert first.tobytes() == again.tobytes()

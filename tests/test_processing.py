@@ -323,3 +323,16 @@ def test_seed_resize_is_written_in_the_infotext_and_keeps_the_composition(state)
     assert near < far, (near, far)
     with pytest.raises(ParamsError, match="seed_resize_from_w"):
         GenerationParams(seed_resize_from_w=10**6).validate()
+
+
+def test_grids_are_numbered_on_and_never_overwritten(tmp_path) -> None:
+    """``grid-0000.png``, ``grid-0001.png``, ... (an earlier version wrote every grid over ``grid-0000.png``)."""
+    from PIL import Image
+
+    from modules import images
+
+    picture = Image.new("RGB", (8, 8))
+    names = [images.save_image(picture, tmp_path, 0, None, grid=True).name for _ in range(3)]
+    names.append(images.save_image(picture, tmp_path, 0, None, grid=True, prefix="xyz_grid").name)
+    names.append(images.save_image(picture, tmp_path, 5, None).name)
+    assert names == ["grid-0000.png", "grid-0001.png", "grid-0002.png", "xyz_grid-0000.png", "00000-5.png"]

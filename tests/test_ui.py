@@ -46,12 +46,24 @@ def test_paste_fills_every_named_field_and_lists_overrides(make_state) -> None:
                             "seed": 31337, "width": 72, "height": 64, "subseed": 17, "subseed_strength": 0.25,
                             "clip_skip": 2, "sampler": "Euler", "schedule": "Exponential",
                             "seed_resize_from_w": 0, "seed_resize_from_h": 0,  # absent: off, not left as it was
-                            **HIRES_OFF, **INPAINT_DEFAULTS}
+                            **HIRES_OFF, **INPAINT_DEFAULTS, "script": "None"}  # no Script: none (A1111)
     assert paste.checkpoint == tiny
     assert sorted(paste.overrides) == ["ENSD: 31337", "Emphasis: No norm", "RNG: CPU"]
     assert not paste.warnings
     assert png_info.parse_overrides(paste.overrides) == {"randn_source": "CPU", "eta_noise_seed_delta": 31337,
                                                          "emphasis": "No norm"}
+
+
+def test_a_grid_infotext_pastes_its_xyz_plot(make_state) -> None:
+    state = make_state()
+    text = ('a cat <lora:ink:0.5>\nSteps: 6, Sampler: Euler, Seed: 3, Size: 64x64, Script: X/Y/Z plot, '
+            'X Type: Sampler, X Values: "Euler, Heun", Y Type: Prompt S/R, Y Values: "ink:0.5, ink:1", '
+            'Version: v1.10.1')
+    values = png_info.paste_values(state, text).values
+    assert {k: values[k] for k in values if k.startswith(("script", "x_", "y_", "z_"))} == {
+        "script": "X/Y/Z plot", "x_type": "Sampler", "x_values": "Euler, Heun", "x_values_dropdown": ["Euler", "Heun"],
+        "y_type": "Prompt S/R", "y_values": "ink:0.5, ink:1", "y_values_dropdown": ["ink:0.5", "ink:1"],
+        "z_type": "Nothing"}  # an axis the plot did not use is Nothing, not whatever the page had
 
 
 def test_seed_resize_is_pasted_and_sent_to_the_job(make_state) -> None:
@@ -222,10 +234,18 @@ def test_the_page_has_the_hires_controls_with_a1111_defaults(make_state) -> None
         order.index("txt2img_cfg_scale")
     assert order.index("hr_checkpoint") < order.index("hr_sampler") < order.index("hr_scheduler")  # A1111's row
     [generate] = [d for d in demo.config["dependencies"] if d.get("api_name") == "txt2img"]
-    assert generate["inputs"][-12:] == [blocks[i]._id for i in (
+    assert generate["inputs"][-31:-19] == [blocks[i]._id for i in (
         "txt2img_hr-checkbox", "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_upscaler",
         "txt2img_hires_steps", "txt2img_hr_resize_x", "txt2img_hr_resize_y", "hr_sampler", "hr_scheduler",
         "hires_prompt", "hires_neg_prompt", "hr_checkpoint")]
+    # then the Script dropdown and the X/Y/Z plot's controls, in A1111's script_args order
+    plot = "script_txt2img_xyz_plot_"
+    assert generate["inputs"][-18:] == [blocks[plot + i]._id for i in (
+        "x_type", "x_values", "x_values_dropdown", "y_type", "y_values", "y_values_dropdown", "z_type", "z_values",
+        "z_values_dropdown", "draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds",
+        "vary_seeds_x", "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode")]
+    assert (blocks[plot + "x_type"].value, blocks[plot + "y_type"].value, blocks[plot + "draw_legend"].value) == \
+        ("Seed", "Nothing", True)
 
 
 def test_clamp_keeps_slider_values_in_range() -> None:

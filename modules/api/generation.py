@@ -4,7 +4,8 @@
 A txt2img or img2img request is prepared in this order, as A1111 does: the ``infotext`` field fills what the request
 did not set, styles are applied to the prompts, every name is checked against its library
 (:mod:`modules.api.resolve`), then the job goes into the one queue under its id (``force_task_id`` or ``task(n)``).
-The infotext and ``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent.
+The infotext and ``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent. ``script_name``
+"x/y/z plot" makes the job a grid (:mod:`modules.xyz_grid`), every cell checked before it is queued.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
-from modules import hires, infotext, previews, processing, styles
+from modules import hires, infotext, previews, processing, styles, xyz_axes, xyz_grid
 from modules.api import models, paste, resolve
 from modules.api.safety import check_name
 from modules.options import OPTIONS
@@ -63,9 +64,8 @@ def params_from_request(request: models.Txt2ImgRequest) -> tuple[GenerationParam
     for field, applies, message in UNSUPPORTED:
         if applies(getattr(request, field, None)):  # type: ignore[operator]
             comments.append(f"{field}: {message}")
-    if request.script_name or request.alwayson_scripts:
-        names = [request.script_name] if request.script_name else []
-        comments.append(f"scripts are not supported: {', '.join(names + [str(k) for k in request.alwayson_scripts])}")
+    if request.alwayson_scripts:
+        comments.append(f"scripts are not supported: {', '.join(str(k) for k in request.alwayson_scripts)}")
     width, height = request.width, request.height
     if request.enable_hr and (request.firstphase_width or request.firstphase_height):
         # the pre-1.0 API's first-pass size; A1111 now sizes the hires pass with hr_scale or hr_resize_x/y
@@ -98,6 +98,24 @@ class Prepared:
     comments: list[str]
     prompt: str  # as sent (after the infotext filled it), before styles
     negative_prompt: str
+    script: xyz_grid.XyzSettings | None = None  # script_name "x/y/z plot": the job is a grid of jobs
+
+
+def script_settings(name: str | None, args: list[object]) -> xyz_grid.XyzSettings | None:
+    """The script a request names (A1111 matches its title without case), read from its ``script_args``.
+
+    Raises:
+        ParamsError: a script that is not here, or arguments it cannot use.
+    """
+    if not name:
+        return None
+    check_name("script_name", name)
+    if name.strip().lower() != xyz_grid.TITLE.lower():
+        raise ParamsError(f"script {name!r} is not available here; the scripts are: {xyz_grid.TITLE.lower()}")
+    try:
+        return xyz_grid.XyzSettings.from_script_args(args)
+    except xyz_axes.AxisError as e:
+        raise ParamsError(f"script_args: {e}") from None
 
 
 def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest, hires_allowed: bool = True) -> Prepared:
@@ -120,10 +138,9 @@ def prepare_txt2img(state: AppState, request: models.Txt2ImgRequest, hires_allow
             resolve.checkpoint(state, request.hr_checkpoint_name, "hr_checkpoint_name")
     if request.refiner_checkpoint not in _NO_CHECKPOINT:
         check_name("refiner_checkpoint", request.refiner_checkpoint)
-    if request.script_name:
-        check_name("script_name", request.script_name)
+    script = script_settings(request.script_name, request.script_args)
     params, comments = params_from_request(request)
-    return Prepared(params, comments, prompt, negative)
+    return Prepared(params, comments, prompt, negative, script)
 
 
 def prepare_img2img(state: AppState, request: models.Img2ImgRequest) -> Prepared:
@@ -157,6 +174,25 @@ def run_generation(state: AppState, params: GenerationParams) -> processing.Proc
     resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt] + (
         [params.hr_prompt, params.hr_negative_prompt] if params.enable_hr else []))
     return processing.process(state, params)
+
+
+def plan_grid(state: AppState, params: GenerationParams, settings: xyz_grid.XyzSettings) -> xyz_grid.Plan:
+    """Every cell's job made and checked (:func:`xyz_grid.plan`), and the names the axes brought in (networks
+    from Prompt S/R, checkpoints, VAEs) held to the same rules as a request's own."""
+    grid = xyz_grid.plan(state, params, settings)
+    for cell in (cell for plane in grid.cells for row in plane for cell in row):
+        resolve.settings(state, cell.override_settings)
+        resolve.prompt_networks(state, [cell.prompt, cell.hr_prompt])
+    return grid
+
+
+def run_grid(state: AppState, grid: xyz_grid.Plan) -> processing.Processed:
+    """An X/Y/Z plot job on the queue's worker: :func:`run_generation`'s embedding checks over every cell's
+    prompts (a Prompt S/R value may name an embedding), then the grid."""
+    resolve.refresh_embeddings(state)
+    cells = [cell for plane in grid.cells for row in plane for cell in row]
+    resolve.prompt_embeddings(state, sorted({p for c in cells for p in (c.prompt, c.negative_prompt)}))
+    return xyz_grid.run(state, grid)
 
 
 class PreviewCache:
@@ -198,7 +234,11 @@ def add_routes(router: APIRouter, state: AppState, run_job) -> None:
     async def respond(request: models.Txt2ImgRequest, prepared: Prepared,
                       parameters: dict[str, object]) -> models.ImageResponse:
         """Run the prepared job in the queue and answer as A1111 does."""
-        processed = await run_job(run_generation, state, prepared.params, task_id=request.force_task_id)
+        if prepared.script is not None:  # every cell checked before the grid is queued
+            grid = await run_in_threadpool(plan_grid, state, prepared.params, prepared.script)
+            processed = await run_job(run_grid, state, grid, task_id=request.force_task_id)
+        else:
+            processed = await run_job(run_generation, state, prepared.params, task_id=request.force_task_id)
         processed.comments.extend(prepared.comments)
         if not request.override_settings_restore_afterwards:
             for key, value in prepared.params.override_settings.items():

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 from PIL import Image
 
-from modules import hires, infotext, options, samplers
+from modules import hires, infotext, options, samplers, xyz_axes, xyz_grid
 from modules.sd_models import CheckpointInfo
 from modules.state import AppState
 
@@ -37,6 +37,9 @@ PASTE_FIELDS: tuple[tuple[str, str, type], ...] = (
     # img2img's inpainting controls (parsing fills A1111's defaults for the last four when they are absent)
     ("Mask blur", "mask_blur", int), ("Mask mode", "mask_mode", str), ("Masked content", "inpainting_fill", str),
     ("Inpaint area", "inpaint_area", str), ("Masked area padding", "padding", int),
+    # the X/Y/Z plot of a grid's infotext (an infotext without one sets the Script back to None, as in A1111)
+    ("Script", "script", str), ("X Type", "x_type", str), ("X Values", "x_values", str), ("Y Type", "y_type", str),
+    ("Y Values", "y_values", str), ("Z Type", "z_type", str), ("Z Values", "z_values", str),
 )
 # the hires sampler/schedule dropdowns' first choice (A1111's words): the first pass's
 SAME_SAMPLER, SAME_SCHEDULER, SAME_CHECKPOINT = hires.SAME_SAMPLER, hires.SAME_SCHEDULER, hires.SAME_CHECKPOINT
@@ -60,6 +63,7 @@ def paste_values(state: AppState, text: str) -> Paste:
     res = infotext.parse(text)
     if "Seed resize from-1" not in res:  # absent means off: a resize pasted before must not stay
         res["Seed resize from-1"] = res["Seed resize from-2"] = 0
+    _script(res)
     paste = Paste()
     for key, name, convert in PASTE_FIELDS:
         if key in res:
@@ -67,6 +71,9 @@ def paste_values(state: AppState, text: str) -> Paste:
                 paste.values[name] = convert(res[key])
             except (TypeError, ValueError):
                 paste.warnings.append(f"{key}: {res[key]!r} is not a {convert.__name__}; left unchanged")
+    for letter in "XYZ":  # a choice axis (sampler, checkpoint, ...) shows its values in its dropdown
+        if f"{letter} Values" in res:
+            paste.values[f"{letter.lower()}_values_dropdown"] = xyz_axes.split_csv(str(res[f"{letter} Values"]))
     _sampler(res, paste)
     _hires(state, res, paste)
     _checkpoint(state, res, paste)
@@ -80,6 +87,15 @@ def paste_values(state: AppState, text: str) -> Paste:
         elif value != current.get(key):
             paste.overrides.append(f"{label}: {value}")
     return paste
+
+
+def _script(res: dict[str, object]) -> None:
+    """A1111's paste of the Script field: None when the infotext names none; for an X/Y/Z plot, an axis it does
+    not name is Nothing (so the plot pasted is the plot that was made)."""
+    res.setdefault("Script", "None")
+    if res["Script"] == xyz_grid.TITLE:
+        for letter in "XYZ":
+            res.setdefault(f"{letter} Type", "Nothing")
 
 
 def parse_overrides(entries: list[str] | None) -> dict[str, object]:
@@ -268,7 +284,9 @@ def wire_send(state: AppState, send: gr.Button, inputs: list[gr.components.Compo
         newer than the page's list (a checkpoint added since, or titled with its hash once loaded)."""
         if control is controls.get("hr_checkpoint"):
             return gr.update(choices=common.hires_checkpoint_choices(state), value=value)
-        if isinstance(control, gr.Radio) and value not in [choice[1] for choice in control.choices]:
+        if isinstance(control, (gr.Radio, gr.Dropdown)) and not getattr(control, "multiselect", False) and \
+                not getattr(control, "allow_custom_value", False) and \
+                value not in [choice[1] for choice in control.choices]:
             gr.Warning(f"{control.label}: {value!r} is not one of its choices; left unchanged")
             return gr.skip()
         return common.clamp(control, value)

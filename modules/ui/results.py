@@ -83,8 +83,9 @@ def picked_image(data: dict | None, selected: int | None, gallery: list | None) 
 def gallery_files(processed: Processed) -> list[str]:
     """One PNG path per image in ``processed.images`` (grid first when there is one), each with its infotext."""
     folder = _new_folder()
-    saved_samples = [p for p in processed.saved_paths if not p.name.startswith("grid-")]
-    saved_grids = [p for p in processed.saved_paths if p.name.startswith("grid-")]
+    grid_names = ("grid-", "xyz_grid-")  # a batch's grid, an X/Y/Z plot's
+    saved_samples = [p for p in processed.saved_paths if not p.name.startswith(grid_names)]
+    saved_grids = [p for p in processed.saved_paths if p.name.startswith(grid_names)]
     first = processed.index_of_first_image
     samples = processed.images[first:]
     paths: list[str] = []

@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import hires, processing, samplers
+from modules import hires, processing, samplers, xyz_grid
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
 from modules.ui import img2img as img2img_ui
+from modules.ui import scripts as scripts_ui
 from modules.ui import train
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,9 @@ PASTE_TARGETS = ("prompt", "negative", "sampler", "schedule", "steps", "width", 
                  "seed", "subseed", "subseed_strength", "clip_skip", "seed_resize_from_w", "seed_resize_from_h",
                  "enable_hr", "denoising_strength", "hr_scale", "hr_upscaler", "hr_second_pass_steps", "hr_resize_x",
                  "hr_resize_y", "hr_sampler", "hr_scheduler", "hr_prompt", "hr_negative_prompt", "hr_checkpoint",
-                 "mask_blur", "mask_mode", "inpainting_fill", "inpaint_area", "padding")
+                 "mask_blur", "mask_mode", "inpainting_fill", "inpaint_area", "padding", "script", "x_type", "x_values",
+                 "x_values_dropdown", "y_type", "y_values", "y_values_dropdown", "z_type", "z_values",
+                 "z_values_dropdown")
 
 
 @dataclass
@@ -81,6 +84,7 @@ class Txt2ImgControls:
     generation_info: gr.State  # results.GenerationInfo of the last job, as a dict
     selected: gr.State  # the gallery index selected (None: none)
     send_to_img2img: gr.Button
+    scripts: scripts_ui.ScriptControls
 
     def job_inputs(self) -> list[gr.components.Component]:
         """The inputs of :func:`build_params` (txt2img) or :func:`img2img_ui.build_params`, in argument order."""
@@ -89,13 +93,13 @@ class Txt2ImgControls:
                   self.subseed, self.subseed_strength, self.clip_skip, self.overrides, self.seed_resize_from_w,
                   self.seed_resize_from_h]
         if self.img2img is not None:
-            return [*self.img2img.job_inputs(), *common]
-        return [*common, *self.hires.job_inputs()]
+            return [*self.img2img.job_inputs(), *common, *self.scripts.job_inputs()]
+        return [*common, *self.hires.job_inputs(), *self.scripts.job_inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
         """The controls a pasted infotext fills, by :data:`PASTE_TARGETS` name (img2img's: no Hires. fix)."""
         found = {**(vars(self.hires) if self.hires else {}), **(vars(self.img2img) if self.img2img else {}),
-                 **vars(self)}
+                 **self.scripts.paste_targets(), **vars(self)}
         return {name: found[name] for name in PASTE_TARGETS if isinstance(found.get(name), gr.components.Component)}
 
 
@@ -219,6 +223,7 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
                                   elem_id=f"{tab}_clip_skip")
             overrides = gr.Dropdown(label="Override settings", choices=[], value=[], multiselect=True,
                                     allow_custom_value=True, visible=False, elem_id=f"{tab}_override_settings")
+            script_controls = scripts_ui.create(state, tab)
             style_editor.create_editor(state, prompt, negative, style_controls, tab)
         with gr.Column(elem_id=f"{tab}_results"):
             progress_html = gr.HTML("", elem_id=f"{tab}_progress")
@@ -234,12 +239,21 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
     controls = Txt2ImgControls(prompt, negative, style_controls, sampler, schedule, steps, width, height, batch_count,
                                batch_size, cfg_scale, seed, subseed, subseed_strength, clip_skip, overrides,
                                seed_resize_from_w, seed_resize_from_h, hires_controls, i2i_controls, gallery,
-                               generation_info, selected, send_to_img2img)
+                               generation_info, selected, send_to_img2img, script_controls)
     make_params = img2img_ui.build_params if i2i_controls is not None else build_params
+    script_count = len(script_controls.job_inputs())
 
     def run(*values):
-        params = make_params(state, *values)
-        job_id, future = state.queue.submit(processing.process, state, params)
+        params = make_params(state, *values[:-script_count])
+        script = scripts_ui.settings_of(*values[-script_count:])
+        if script is None:
+            job_id, future = state.queue.submit(processing.process, state, params)
+        else:
+            try:  # every cell checked before the grid is queued
+                grid = xyz_grid.plan(state, params, script)
+            except ValueError as e:
+                raise gr.Error(str(e)) from e
+            job_id, future = state.queue.submit(xyz_grid.run, state, grid)
         logger.debug("%s job %s queued", tab, job_id)
         for html_text in progress.follow(state, job_id, future):
             yield gr.skip(), gr.skip(), html_text, gr.skip(), gr.skip()
@@ -249,7 +263,8 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
             yield gr.skip(), gr.skip(), "", gr.skip(), gr.skip()
             message = str(e) if isinstance(e, (ValueError, LookupError, RuntimeError)) else f"{type(e).__name__}: {e}"
             raise gr.Error(message) from e
-        text = processed.infotexts[processed.index_of_first_image] if processed.infotexts else ""
+        shown = min(processed.index_of_first_image, len(processed.infotexts) - 1)  # an X/Y/Z plot: its grid alone
+        text = processed.infotexts[shown] if processed.infotexts else ""
         if processed.comments:
             text += "\n\n" + "\n".join(processed.comments)
         yield (results.gallery_files(processed), text, "", results.GenerationInfo.of(processed).as_dict(), None)
