@@ -51,6 +51,7 @@ class TinySpec:
     text_layers: int = 5
     vocab_size: int = 49408
     max_positions: int = 77
+    in_channels: int = 4  # 9: an inpainting UNet (noisy latents + mask + masked-picture latents)
 
 
 def build_components(spec: TinySpec = TinySpec(), seed: int = 0) -> tuple[torch.nn.Module, torch.nn.Module, torch.nn.Module]:
@@ -63,7 +64,7 @@ def build_components(spec: TinySpec = TinySpec(), seed: int = 0) -> tuple[torch.
     down = tuple("CrossAttnDownBlock2D" if i in spec.unet_attention_levels else "DownBlock2D" for i in range(levels))
     up = tuple("CrossAttnUpBlock2D" if levels - 1 - i in spec.unet_attention_levels else "UpBlock2D" for i in range(levels))
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, block_out_channels=spec.unet_channels,
+        sample_size=32, in_channels=spec.in_channels, out_channels=4, block_out_channels=spec.unet_channels,
         layers_per_block=spec.layers_per_block, down_block_types=down, up_block_types=up,
         cross_attention_dim=spec.text_hidden, attention_head_dim=spec.unet_heads, norm_num_groups=32,
     )
@@ -92,7 +93,7 @@ def sidecar_config(spec: TinySpec = TinySpec(), scale_factor: float = 0.18215) -
     diffusers' single-file loader reads from this key.
     """
     unet = {
-        "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": spec.unet_channels[0],
+        "image_size": 32, "in_channels": spec.in_channels, "out_channels": 4, "model_channels": spec.unet_channels[0],
         "attention_resolutions": [2 ** i for i in spec.unet_attention_levels],
         "num_res_blocks": spec.layers_per_block,
         "channel_mult": [c // spec.unet_channels[0] for c in spec.unet_channels],
@@ -109,7 +110,8 @@ def sidecar_config(spec: TinySpec = TinySpec(), scale_factor: float = 0.18215) -
     params = {
         "linear_start": 0.00085, "linear_end": 0.012, "num_timesteps_cond": 1, "log_every_t": 200,
         "timesteps": 1000, "first_stage_key": "jpg", "cond_stage_key": "txt", "image_size": 64, "channels": 4,
-        "cond_stage_trainable": False, "conditioning_key": "crossattn", "monitor": "val/loss_simple_ema",
+        "cond_stage_trainable": False, "conditioning_key": "hybrid" if spec.in_channels == 9 else "crossattn",
+        "monitor": "val/loss_simple_ema",
         "scale_factor": scale_factor, "use_ema": False,
         "unet_config": {"target": "ldm.modules.diffusionmodules.openaimodel.UNetModel", "params": unet},
         "first_stage_config": {"target": "ldm.models.autoencoder.AutoencoderKL", "params": {
@@ -118,7 +120,8 @@ def sidecar_config(spec: TinySpec = TinySpec(), scale_factor: float = 0.18215) -
         "cond_stage_config": {"target": "ldm.modules.encoders.modules.FrozenCLIPEmbedder",
                               "params": {"text_config": text}},
     }
-    return {"model": {"target": "ldm.models.diffusion.ddpm.LatentDiffusion", "params": params}}
+    kind = "LatentInpaintDiffusion" if spec.in_channels == 9 else "LatentDiffusion"
+    return {"model": {"target": f"ldm.models.diffusion.ddpm.{kind}", "params": params}}
 
 
 def write_checkpoint(path: Path, spec: TinySpec = TinySpec(), seed: int = 0,

@@ -27,6 +27,7 @@ from modules.paths import CONFIGS_DIR
 logger = logging.getLogger(__name__)
 
 SD15_CONFIG_DIR = CONFIGS_DIR / "sd15"
+INPAINTING_CONFIG = "v1-inpainting-inference.yaml"
 UNET_PREFIX = "model.diffusion_model."
 CLIP_PREFIX = "cond_stage_model.transformer.text_model."
 StateDict = dict[str, torch.Tensor]
@@ -158,11 +159,27 @@ def check_sd1(state_dict: StateDict, name: str) -> None:
             "(a VAE belongs in models/VAE, an embedding in embeddings/).")
     if not any(k.startswith(CLIP_PREFIX) for k in keys):
         raise ModelFileError(f"{name} has no CLIP text-encoder weights ({CLIP_PREFIX}*); it cannot be used alone.")
+    channels = unet_in_channels(state_dict)
+    if channels == 8:
+        raise ModelFileError(f"{name} takes 8 input channels: an instruct-pix2pix model, which is not supported; "
+                             "use a txt2img (4-channel) or inpainting (9-channel) SD1.x checkpoint.")
+    if channels not in (4, 9):
+        raise ModelFileError(f"{name} takes {channels} input channels; SD1.x checkpoints take 4 (txt2img) or 9 "
+                             "(inpainting).")
+
+
+def unet_in_channels(state_dict: StateDict) -> int:
+    """The UNet's input channels read off its first convolution (4 for txt2img, 9 for inpainting models)."""
     conv_in = state_dict.get(UNET_PREFIX + "input_blocks.0.0.weight")
-    if conv_in is not None and conv_in.shape[1] != 4:
-        raise ModelFileError(
-            f"{name} takes {conv_in.shape[1]} input channels (an inpainting or instruct model); "
-            "only 4-channel txt2img checkpoints are supported.")
+    return int(conv_in.shape[1]) if conv_in is not None else 4
+
+
+def default_config(state_dict: StateDict) -> dict | None:
+    """The LDM config for a checkpoint without a sidecar ``.yaml``: None for SD1.5's shapes (the diffusers configs
+    in configs/sd15), ``configs/v1-inpainting-inference.yaml`` for a 9-channel (inpainting) UNet, as A1111 picks."""
+    if unet_in_channels(state_dict) != 9:
+        return None
+    return yaml.safe_load((CONFIGS_DIR / INPAINTING_CONFIG).read_text(encoding="utf-8"))
 
 
 def read_sidecar_config(checkpoint: Path) -> dict | None:

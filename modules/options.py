@@ -52,6 +52,8 @@ OPTIONS: dict[str, OptionInfo] = {
     "img2img_fix_steps": OptionInfo(False, "With img2img, do exactly the amount of steps the slider specifies",
                                     "img2img"),
     "initial_noise_multiplier": OptionInfo(1.0, "Noise multiplier for img2img", "img2img", minimum=0.0, maximum=1.5),
+    "inpainting_mask_weight": OptionInfo(1.0, "Inpainting conditioning mask strength", "img2img", minimum=0.0,
+                                         maximum=1.0),
     "img2img_background_color": OptionInfo("#ffffff", "With img2img, fill transparent parts of the input image with "
                                            "this color", "img2img"),
     "show_progress_every_n_steps": OptionInfo(10, "Live preview display period (steps, 0 = off)", "ui", minimum=0),

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, img2img, infotext, masking,
-                     prompt_encoder, rng, samplers, sampling)
+from modules import (INFOTEXT_VERSION, conditioning, extra_networks, hires, images, img2img, infotext,
+                     inpaint_model, masking, prompt_encoder, rng, samplers, sampling)
 from modules.processing_params import GenerationParams
 from modules.sd_models import CheckpointInfo, LoadedModel, ModelManager
 from modules.state import AppState
@@ -39,6 +39,7 @@ class JobSetup:
     clip_skip: int
     ensd: int
     opts: dict[str, object]
+    mask_weight: float | None = None  # an inpainting model's "Conditional mask weight" (None: not one)
 
     @classmethod
     def of(cls, params: GenerationParams, model: LoadedModel, opts: dict[str, object]) -> JobSetup:
@@ -46,7 +47,9 @@ class JobSetup:
         ENSD (for the samplers that use it)."""
         sampler, schedule = samplers.split_sampler_and_schedule(params.sampler_name, params.scheduler)
         return cls(params, model, sampler, schedule, clip_skip=params.clip_skip or int(opts["CLIP_stop_at_last_layers"]),
-                   ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts)
+                   ensd=int(opts["eta_noise_seed_delta"]) if sampler.uses_ensd else 0, opts=opts,
+                   mask_weight=float(opts["inpainting_mask_weight"])  # type: ignore[arg-type]
+                   if inpaint_model.is_inpainting(model.pipe.unet) else None)
 
     def noise(self, shape: tuple[int, ...], seeds: list[int], subseeds: list[int],
               device: torch.device) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -150,6 +153,7 @@ class Processed:
     comments: list[str] = field(default_factory=list)
     saved_paths: list[Path] = field(default_factory=list)
     extra_generation_params: dict[str, object] = field(default_factory=dict)  # the first batch's extra fields
+    inpainting_conditioning: bool = False  # the model was an inpainting one (A1111's is_using_inpainting_conditioning)
 
     def info(self) -> dict[str, object]:
         """A1111's ``Processed.js()`` fields (the API's ``info`` JSON)."""
@@ -170,7 +174,7 @@ class Processed:
                                         **self.extra_generation_params, "Schedule type": self.schedule},
             "index_of_first_image": self.index_of_first_image, "infotexts": self.infotexts, "styles": [],
             "job_timestamp": self.job_timestamp, "clip_skip": self.clip_skip,
-            "is_using_inpainting_conditioning": False, "version": INFOTEXT_VERSION,
+            "is_using_inpainting_conditioning": self.inpainting_conditioning, "version": INFOTEXT_VERSION,
             "comments": "\n".join(self.comments),
         }
 
@@ -214,6 +218,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         redraw = None
         if i2i is not None and i2i.inpaint is not None:
             redraw, init_latents = _inpaint_latents(state, setup, i2i.inpaint, init_latents, all_seeds)
+        image_cond = _image_conditioning(state, setup, i2i)  # an inpainting model's mask + picture (else None)
         for n in range(params.n_iter):
             if state.job.interrupted:
                 break
@@ -231,7 +236,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                     guidance, extra = guidance_for(state, setup, prompts, all_negative[batch])
 
                 # 5. Initial noise from per-image generators; the sampler keeps drawing from them.
-                shape = (pipe.unet.config.in_channels, params.height // 8, params.width // 8)
+                shape = (pipe.vae.config.latent_channels, params.height // 8, params.width // 8)
                 noise, generators = setup.noise(shape, seeds, subseeds, state.policy.device)
 
                 # 6. Denoise: the whole schedule, or (img2img) its last steps from the init latents noised.
@@ -246,7 +251,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
                             _on_device(model, "unet"), _unet_compilation(state, ctx):
                         latents = sampling.denoise(pipe.unet, run, noise, guidance, plan.total,
                                                    callback=_step_callback(state, bar), init=init_latents,
-                                                   skip=plan.skip, redraw=redraw)
+                                                   skip=plan.skip, redraw=redraw, image_cond=image_cond)
             comments.extend(c for c in ctx.comments if c not in comments)
             _check_nans(state, latents)
             if i2i is not None:  # A1111's order: the networks' fields, the inpainting ones, then the sampler's
@@ -319,6 +324,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
         sd_vae_hash=model.vae.sha256[:10] if model.vae.sha256 else None, clip_skip=setup.clip_skip,
         sampler_name=sampler.name, schedule=schedule, job_timestamp=state.job.job_timestamp,
         index_of_first_image=first, comments=comments, saved_paths=saved, extra_generation_params=job_extra,
+        inpainting_conditioning=setup.mask_weight is not None,
     )
 
 
@@ -362,11 +368,13 @@ def _hires_pass(state: AppState, first: JobSetup, hr: HiresSetup, model: LoadedM
         with _on_device(model, "text_encoder"):
             guidance, _ = guidance_for(state, setup, texts, negatives, hires_of=first)
         if hr.plan.run > 0:  # denoising strength 0: the upscaled first pass as it is
+            image_cond = _hires_conditioning(state, setup, start)
             run = samplers.create_run(setup.sampler, setup.schedule, pipe.scheduler.config, seeds, generators)
             with tqdm(total=hr.plan.run, desc="Hires", leave=False) as bar, \
                     _on_device(model, "unet"), _unet_compilation(state, ctx):
                 start = sampling.denoise(pipe.unet, run, noise, guidance, hr.plan.total,
-                                         callback=_step_callback(state, bar), init=start, skip=hr.plan.skip)
+                                         callback=_step_callback(state, bar), init=start, skip=hr.plan.skip,
+                                         image_cond=image_cond)
     comments.extend(c for c in ctx.comments if c not in comments)
     return start, ctx.infotext
 
@@ -394,6 +402,38 @@ def _inpaint_latents(state: AppState, setup: JobSetup, inpaint: masking.Inpaint,
     elif inpaint.fill == 3:
         init = init * (1 - redraw)
     return redraw, init
+
+
+def _image_conditioning(state: AppState, setup: JobSetup, i2i: Img2ImgSetup | None) -> torch.Tensor | None:
+    """An inpainting model's image conditioning for the job (:mod:`modules.inpaint_model`), made once: the whole
+    picture to make (txt2img), or the job's pictures blanked under the mask by the mask weight (img2img)."""
+    if setup.mask_weight is None:
+        return None
+    p, model = setup.params, setup.model
+    tiled = _vae_tiled(state, p.width, p.height)
+    with _on_device(model, "vae"):
+        if i2i is None:
+            return inpaint_model.full_mask_conditioning(model.pipe.vae, p.batch_size, p.width, p.height, tiled)
+        mask = i2i.inpaint.mask if i2i.inpaint is not None else None
+        return inpaint_model.picture_conditioning(model.pipe.vae, i2i.pictures, mask, setup.mask_weight,
+                                                  p.resize_mode, p.width, p.height, tiled)
+
+
+def _hires_conditioning(state: AppState, setup: JobSetup, start: torch.Tensor) -> torch.Tensor | None:
+    """An inpainting model's conditioning for a hires pass (A1111's): the whole picture to make at full mask
+    weight, else the upscaled first pass (decoded) blanked by the weight."""
+    model = setup.model  # the hires checkpoint's, if the pass has one
+    if not inpaint_model.is_inpainting(model.pipe.unet):
+        return None
+    weight = float(setup.opts["inpainting_mask_weight"])  # type: ignore[arg-type]
+    height, width = start.shape[-2] * hires.LATENT_FACTOR, start.shape[-1] * hires.LATENT_FACTOR
+    tiled = _vae_tiled(state, width, height)
+    if weight >= 1.0:
+        with _on_device(model, "vae"):
+            return inpaint_model.full_mask_conditioning(model.pipe.vae, start.shape[0], width, height, tiled)
+    pictures = _decode(state, model, start, [])
+    with _on_device(model, "vae"):
+        return inpaint_model.picture_conditioning(model.pipe.vae, pictures, None, weight, 0, width, height, tiled)
 
 
 def guidance_for(state: AppState, setup: JobSetup, prompts: list[str], negatives: list[str],
@@ -538,6 +578,7 @@ def create_infotext(setup: JobSetup, extra: dict[str, object], prompt: str, nega
         "Seed resize from": (f"{params.seed_resize_from_w}x{params.seed_resize_from_h}"
                              if params.seed_resize_from_w > 0 and params.seed_resize_from_h > 0 else None),
         "Denoising strength": params.denoising_strength if params.enable_hr or params.init_images else None,
+        "Conditional mask weight": setup.mask_weight,
         "Clip skip": setup.clip_skip if setup.clip_skip > 1 else None,
         "ENSD": setup.ensd or None,
         "RNG": opts["randn_source"] if opts["randn_source"] != "GPU" else None,

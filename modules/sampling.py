@@ -77,7 +77,7 @@ class Guidance:
 @torch.no_grad()
 def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidance: Guidance, steps: int,
             callback: StepCallback | None = None, init: torch.Tensor | None = None, skip: int = 0,
-            redraw: torch.Tensor | None = None) -> torch.Tensor:
+            redraw: torch.Tensor | None = None, image_cond: torch.Tensor | None = None) -> torch.Tensor:
     """Run the sampler from unit-variance ``noise`` (B, 4, h, w) and return the final latents in fp32.
 
     With ``init`` latents (img2img, the hires pass) the schedule still has ``steps`` steps but its first
@@ -88,14 +88,21 @@ def denoise(unet: torch.nn.Module, run: SamplerRun, noise: torch.Tensor, guidanc
     ``redraw`` (inpainting; 1 where the picture is redrawn, 0 where it is kept, broadcast over the latents): as
     A1111's sampler does, every model call's prediction of the clean latents is ``init`` outside the mask
     (:func:`_keep_outside`), and so are the final latents.
+
+    ``image_cond`` (an inpainting model's mask and blanked-picture latents, ``(B, 5, h, w)``,
+    :mod:`modules.inpaint_model`) goes beside the scaled latents into every UNet call.
     """
     scheduler = run.scheduler
     scheduler.set_timesteps(steps, device=noise.device)
     latents = run.initial_latents(noise) if init is None else run.start_from(init, noise, skip)
     timesteps = scheduler.timesteps[run.begin:]
     dtype = next(unet.parameters()).dtype  # not unet.dtype: diffusers walks every submodule for that
+    if image_cond is not None:
+        image_cond = image_cond.to(latents.device, latents.dtype)
     for index, t in enumerate(timesteps):
         model_input = scheduler.scale_model_input(latents, t)
+        if image_cond is not None:
+            model_input = torch.cat([model_input, image_cond], dim=1)
         eps = _guided_prediction(unet, model_input.to(dtype), t, guidance.at(index, dtype), guidance.cfg_scale)
         if redraw is not None:
             eps = _keep_outside(scheduler, t, run.begin + index, latents, eps, init, redraw)
@@ -175,7 +182,7 @@ def decode(vae: torch.nn.Module, latents: torch.Tensor, tiled: bool = False) -> 
     """
     images, nan_found = [], False
     dtype = next(vae.parameters()).dtype
-    with _tiling(vae, tiled):
+    with tiling(vae, tiled):
         for latent in latents:
             sample = vae.decode(latent.unsqueeze(0).to(dtype) / vae.config.scaling_factor, return_dict=False)[0]
             nan_found = nan_found or bool(torch.isnan(sample).any())
@@ -194,7 +201,7 @@ def encode(vae: torch.nn.Module, images: list[Image.Image], tiled: bool = False)
     """
     parameter = next(vae.parameters())
     latents = []
-    with _tiling(vae, tiled):
+    with tiling(vae, tiled):
         for image in images:
             pixels = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0)
             x = (pixels.permute(2, 0, 1).unsqueeze(0) * 2.0 - 1.0).to(device=parameter.device, dtype=parameter.dtype)
@@ -203,7 +210,7 @@ def encode(vae: torch.nn.Module, images: list[Image.Image], tiled: bool = False)
 
 
 @contextlib.contextmanager
-def _tiling(vae: torch.nn.Module, on: bool) -> Iterator[None]:
+def tiling(vae: torch.nn.Module, on: bool) -> Iterator[None]:
     """diffusers' VAE tiling switched on for the block when ``on`` (and off again, even on error)."""
     if not on:
         yield

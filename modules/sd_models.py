@@ -291,7 +291,7 @@ class ModelManager:
         else:
             state_dict = model_loading.read_state_dict(info.path)
             model_loading.check_sd1(state_dict, info.path.name)
-            config = model_loading.read_sidecar_config(info.path)
+            config = model_loading.read_sidecar_config(info.path) or model_loading.default_config(state_dict)
             pipe = model_loading.build_pipeline(state_dict, config, info.path.name)
             del state_dict
         logger.info("Loaded checkpoint: title=%s time=%.2fs", info.title, time.perf_counter() - start)

@@ -189,6 +189,7 @@ AXES: tuple[Axis, ...] = (
     Axis("Denoising", float, _field("denoising_strength")),
     Axis("Initial noise multiplier", float, _field("initial_noise_multiplier")),
     Axis("Hires upscaler", str, _field("hr_upscaler"), choices=lambda state: list(hires.UPSCALERS), mode="txt2img"),
+    Axis("Cond. Image Mask Weight", float, _override("inpainting_mask_weight"), mode="img2img"),
     Axis("VAE", str, _vae, cost=0.7,
          choices=lambda state: ["Automatic", "None", *(v.name for v in state.models.vaes)]),
     Axis("Styles", str, _styles, choices=lambda state: [s.name for s in styles.for_state(state).styles]),

@@ -734,12 +734,6 @@ def _wait_for_saved(server: Server, key: str, value: object, timeout: float = 30
         time.sleep(0.2)
 
 
-def _choose_in(page, container: str, elem_id: str, option: str) -> None:
-    """``choose`` for a dropdown whose element id is on both tabs (A1111's ``script_list``)."""
-    page.locator(f"#{container} #{elem_id} input").click()
-    page.locator(f"#{container} #{elem_id} [role=option][aria-label={json.dumps(option)}]").click()
-
-
 def test_xyz_plot_from_the_page_equals_the_api_and_pastes_back(page, server: Server, artifacts: Path,
                                                                tmp_path: Path) -> None:
     """Script → X/Y/Z plot: CFG Scale across, samplers down (📒 fills every sampler into the dropdown; "Use text
@@ -751,7 +745,7 @@ def test_xyz_plot_from_the_page_equals_the_api_and_pastes_back(page, server: Ser
     page.locator("#txt2img_prompt textarea").fill("a lighthouse")
     plot = "script_txt2img_xyz_plot_"
     sync_api.expect(page.locator(f"#{plot}x_type")).to_be_hidden()
-    _choose_in(page, "txt2img_script_container", "script_list", "X/Y/Z plot")
+    choose(page, "txt2img_script_list", "X/Y/Z plot")
     choose(page, plot + "x_type", "CFG Scale")
     page.locator(f"#{plot}x_values textarea, #{plot}x_values input").first.fill("4, 8")
     choose(page, plot + "y_type", "Sampler")
@@ -787,7 +781,7 @@ def test_xyz_plot_from_the_page_equals_the_api_and_pastes_back(page, server: Ser
     page.locator("#pnginfo_image input[type=file]").set_input_files(str(grid_png))
     sync_api.expect(page.locator("#pnginfo_generation_info textarea")).to_have_value(re.compile("X Type: CFG Scale"))
     page.locator("#pnginfo_send_to_txt2img").click()
-    sync_api.expect(page.locator("#txt2img_script_container #script_list input")).to_have_value("X/Y/Z plot")
+    sync_api.expect(page.locator("#txt2img_script_list input")).to_have_value("X/Y/Z plot")
     sync_api.expect(page.locator(f"#{plot}x_type input")).to_have_value("CFG Scale")
     assert text_of(page, plot + "x_values") == "4, 8" and text_of(page, plot + "y_type") == "Sampler"
     sync_api.expect(page.locator(f"#{plot}y_values_dropdown .token")).to_have_count(2)  # the page's dropdown mode

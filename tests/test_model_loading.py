@@ -144,12 +144,13 @@ def test_files_that_are_not_sd1_checkpoints_are_named(keys: list[str], message: 
         model_loading.check_sd1({k: torch.zeros(1) for k in keys}, "x.safetensors")
 
 
-def test_inpainting_checkpoint_is_refused(tiny_checkpoint: Path) -> None:
+def test_instruct_pix2pix_checkpoint_is_refused(tiny_checkpoint: Path) -> None:
+    """8 input channels (instruct-pix2pix) are refused; 9 (inpainting) load: ``tests/test_inpaint_model.py``."""
     state_dict = model_loading.read_state_dict(tiny_checkpoint)
     key = "model.diffusion_model.input_blocks.0.0.weight"
-    state_dict[key] = torch.zeros(state_dict[key].shape[0], 9, 3, 3)
-    with pytest.raises(ModelFileError, match="9 input channels"):
-        model_loading.check_sd1(state_dict, "inpaint.safetensors")
+    state_dict[key] = torch.zeros(state_dict[key].shape[0], 8, 3, 3)
+    with pytest.raises(ModelFileError, match="8 input channels: an instruct-pix2pix model"):
+        model_loading.check_sd1(state_dict, "ip2p.safetensors")
 
 
 def test_old_clip_keys_without_text_model_level_are_renamed(tiny_checkpoint: Path) -> None:

@@ -115,6 +115,7 @@ def test_prompt_search_and_replace() -> None:
     ("txt2img", 10, "Hires sampler"), ("txt2img", 11, "Checkpoint name"),
     ("img2img", 5, "CFG Scale"), ("img2img", 7, "Prompt S/R"), ("img2img", 9, "Sampler"),
     ("img2img", 10, "Checkpoint name"), ("txt2img", "12", "Negative Guidance minimum sigma"),
+    ("img2img", 27, "Cond. Image Mask Weight"),
 ])
 def test_api_axis_indices_follow_a1111(mode: str, index: int | str, label: str) -> None:
     """The indices an A1111 client sends: the tab's part of A1111 1.10's list (counted by hand from it)."""

@@ -32,7 +32,8 @@ from safetensors.torch import load_file, save_file
 
 from modules.training.dataset import caption_for, list_images
 from modules.training.embedding_trainer import clean_name
-from modules.training.runner import TrainingError, TrainResult, TrainSettings, check_new_file, train
+from modules.training.runner import (TrainingError, TrainResult, TrainSettings, check_new_file, model_to_train_on,
+                                     train)
 from modules.training.schedule import parse_schedule
 
 logger = logging.getLogger(__name__)
@@ -212,9 +213,7 @@ def train_lora(state, name: str, settings: TrainSettings, options: LoraOptions =
         TrainingError: bad rank/alpha/epochs, an existing file without overwrite or resume, no model.
     """
     name = clean_name(name)
-    model = state.models.in_use()
-    if model is None:
-        raise TrainingError("no model is loaded; load a checkpoint first")
+    model = model_to_train_on(state)
     if options.rank < 1:
         raise TrainingError(f"rank must be at least 1; got {options.rank}")
     if options.alpha <= 0 or options.text_encoder_lr < 0 or options.epochs < 0:

@@ -291,9 +291,7 @@ def train(state, trainable: Trainable, settings: TrainSettings, on_step: Callabl
     if state.policy.memory_mode == "lowvram" or getattr(state.args, "lowvram", False):
         raise TrainingError("Training models with --lowvram is not possible (as in A1111); restart without it")
     settings.validate()
-    model = state.models.in_use()
-    if model is None:
-        raise TrainingError("no model is loaded; load a checkpoint first")
+    model = model_to_train_on(state)
     initial = int(trainable.step)
     if initial >= settings.steps:
         raise TrainingError(f"{trainable.name} is already trained for {initial} steps, max steps is {settings.steps}")
@@ -510,3 +508,21 @@ class _Loop:
                                        f"[{model.info.shorthash}]", f"{vectors.shape[0]}v {steps_done}s")
         path = self.log_dir / "image_embeddings" / f"{self.t.name}-{steps_done}.png"
         return atomic_write(path, lambda tmp: image_embedding.save_embedding_png(tmp, card, data))
+
+
+def model_to_train_on(state) -> object:
+    """The loaded model, brought back to its device; a training run needs one, and not an inpainting one.
+
+    Raises:
+        TrainingError: no model is loaded, or it is an inpainting model (its UNet wants a mask and a picture
+            beside the latents, which the trainers do not make).
+    """
+    from modules import inpaint_model
+
+    model = state.models.in_use()
+    if model is None:
+        raise TrainingError("no model is loaded; load a checkpoint first")
+    if inpaint_model.is_inpainting(model.pipe.unet):
+        raise TrainingError(f"{model.info.title} is an inpainting model; train on the txt2img checkpoint it was "
+                            "made from (embeddings, hypernetworks and LoRAs trained there work on both)")
+    return model

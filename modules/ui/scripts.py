@@ -1,5 +1,6 @@
 """The "Script" dropdown at the bottom of the txt2img and img2img settings, and the X/Y/Z plot's controls (A1111
-1.10's labels, defaults and element ids: ``script_txt2img_xyz_plot_x_type`` and so on).
+1.10's labels, defaults and element ids: ``script_txt2img_xyz_plot_x_type`` and so on; the dropdown, which A1111
+calls ``script_list`` on both tabs, is ``txt2img_script_list`` / ``img2img_script_list``: ids are unique here).
 
 An axis with a list of choices (sampler, checkpoint, VAE, ...) takes its values from a multi-select dropdown, which
 📒 fills with every choice; "Use text inputs instead of dropdowns" writes them as text instead. The handlers only
@@ -62,7 +63,7 @@ def create(state: AppState, tab: str) -> ScriptControls:
     """The dropdown and, shown while "X/Y/Z plot" is chosen, the plot's controls."""
     labels = [a.label for a in xyz_axes.axes_for(tab)]
     with gr.Column(elem_id=f"{tab}_script_container"):
-        script = gr.Dropdown(label="Script", choices=[NONE, xyz_grid.TITLE], value=NONE, elem_id="script_list")
+        script = gr.Dropdown(label="Script", choices=[NONE, xyz_grid.TITLE], value=NONE, elem_id=f"{tab}_script_list")
         with gr.Column(visible=False, elem_id=f"script_{tab}_xyz_plot") as box:
             axes = []
             for letter, default in (("x", "Seed"), ("y", "Nothing"), ("z", "Nothing")):
