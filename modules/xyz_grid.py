@@ -112,6 +112,9 @@ class Plan:
     axes: tuple[ResolvedAxis, ResolvedAxis, ResolvedAxis]  # X, Y, Z
     cells: list[list[list[GenerationParams]]] = field(repr=False)
 
+    def all_jobs(self) -> list[GenerationParams]:
+        return [cell for plane in self.cells for row in plane for cell in row]
+
     @property
     def shape(self) -> tuple[int, int, int]:
         """``(len(xs), len(ys), len(zs))``."""
@@ -232,7 +235,9 @@ def run(state: AppState, grid: Plan) -> processing.Processed:
             if state.job.interrupted:
                 break
             try:
-                results[ix, iy, iz] = processing.process(state, grid.cells[iz][iy][ix])
+                done = processing.process(state, grid.cells[iz][iy][ix])
+                if done.images:  # none when the interrupt came just as the cell began
+                    results[ix, iy, iz] = done
             except Exception as e:  # the grid goes on; the cell stays black
                 logger.exception("X/Y/Z plot: the cell %s failed", (ix, iy, iz))
                 first_error = first_error or e

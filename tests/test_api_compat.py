@@ -89,7 +89,8 @@ def test_webuiapi_client_against_the_live_server(server: Server) -> None:
     assert client.interrupt() is None and client.skip() is None  # nothing running: no effect, no error
     assert client.get_memory()["cuda"] == {"error": "unavailable"} or "system" in client.get_memory()["cuda"]
     assert [u["name"] for u in client.get_upscalers()] == ["None", "Lanczos", "Nearest"]
-    assert client.get_scripts() == {"txt2img": ["x/y/z plot"], "img2img": ["x/y/z plot"]}
+    scripts = ["x/y/z plot", "prompts from file or textbox"]
+    assert client.get_scripts() == {"txt2img": scripts, "img2img": scripts}
 
 
 def test_memory_extensions_and_empty_lists(server: Server) -> None:
@@ -135,6 +136,7 @@ def test_alwayson_scripts_are_reported_unknown_scripts_refused_and_cmd_flags_and
     assert np.array_equal(pixels(body["images"][0]), pixels(plain["images"][0]))  # the image is made all the same
     refused = post(server, "txt2img", {**SMALL, "script_name": "prompt matrix", "script_args": []})
     assert refused.status_code == 422 and "'prompt matrix' is not available here" in refused.json()["detail"]
+    assert "prompts from file or textbox" in refused.json()["detail"]  # what is there is listed
     flags = requests.get(server.api("cmd-flags"), timeout=30).json()
     assert flags["api"] is True and flags["nowebui"] is True and flags["data_dir"] == str(server.data)
     assert flags["api_auth"] is None and flags["gradio_auth"] is None
@@ -536,6 +538,27 @@ def test_xyz_plot_dropdown_values_no_legend_and_refusals(server: Server) -> None
         refused = post(server, "txt2img", {**base, "script_args": args})
         assert refused.status_code == 422 and said in refused.json()["detail"], (args, refused.text)
     info = requests.get(server.api("script-info"), timeout=30).json()
-    txt2img = next(s for s in info if not s["is_img2img"])
+    txt2img = next(s for s in info if not s["is_img2img"] and s["name"] == "x/y/z plot")
     assert txt2img["name"] == "x/y/z plot" and len(txt2img["args"]) == 18
     assert txt2img["args"][0]["choices"][7] == "Prompt S/R" and txt2img["args"][16]["maximum"] == 500
+
+
+def test_prompts_from_file_through_webuiapi(server: Server) -> None:
+    """A1111's ``script_args`` for Prompts from file or textbox: iterate seed, same random seed, position, list."""
+    import webuiapi
+
+    client = webuiapi.WebUIApi(host="127.0.0.1", port=int(server.url.rsplit(":", 1)[1]))
+    text = 'a kite\n--prompt "a boat <lora:inkA:0.7>" --steps 4 --cfg_scale 5\n'
+    result = client.txt2img(prompt="at sea", seed=12, script_name="prompts from file or textbox",
+                            script_args=[True, False, "end", text], **SMALL)
+    assert len(result.images) == 2 and result.info["all_seeds"] == [12, 13]
+    texts = result.info["infotexts"]
+    assert texts[0].startswith("at sea a kite\n") and texts[1].startswith("at sea a boat <lora:inkA:0.7>\n")
+    assert 'Lora hashes: "inkA: ' in texts[1] and "Steps: 4," in texts[1]
+    alone = client.txt2img(prompt="at sea a boat <lora:inkA:0.7>", seed=13, cfg_scale=5, **{**SMALL, "steps": 4})
+    assert np.array_equal(np.asarray(result.images[1].convert("RGB")), np.asarray(alone.image.convert("RGB")))
+    refused = post(server, "txt2img", {**SMALL, "script_name": "prompts from file or textbox",
+                                       "script_args": [False, False, "start", "a\n--prompt b --colour red"]})
+    assert refused.status_code == 422 and "line 2: unknown option --colour" in refused.json()["detail"]
+    names = requests.get(server.api("scripts"), timeout=30).json()
+    assert names["txt2img"] == ["x/y/z plot", "prompts from file or textbox"]

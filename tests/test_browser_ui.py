@@ -791,3 +791,23 @@ def test_xyz_plot_from_the_page_equals_the_api_and_pastes_back(page, server: Ser
     assert pasted == text.replace('"Euler, Heun"', '"Euler,Heun"')  # a dropdown's list is written as CSV (A1111)
     with Image.open(grid_png) as first, Image.open(BytesIO(gallery_png(page))) as again:
         assert first.tobytes() == again.tobytes()
+
+
+def test_prompts_from_file_runs_a_dropped_list(page, tmp_path: Path, artifacts: Path) -> None:
+    """Script → Prompts from file or textbox: a file dropped on "Upload prompt inputs" fills the list; Generate
+    makes one job per line, every picture in the gallery with its own infotext."""
+    listing = tmp_path / "prompts.txt"
+    listing.write_text('a kite\n--prompt "a boat" --steps 3\n', encoding="utf-8")
+    set_numbers(page, {**SMALL, "txt2img_seed": 8})
+    page.locator("#txt2img_prompt textarea").fill("at sea")
+    choose(page, "txt2img_script_list", "Prompts from file or textbox")
+    prefix = "script_txt2img_prompts_from_file_or_textbox_"
+    page.locator(f"#{prefix}file input[type=file]").set_input_files(str(listing))
+    sync_api.expect(page.locator(f"#{prefix}prompt_txt textarea")).to_have_value(listing.read_text())
+    page.locator(f"#{prefix}checkbox_iterate input").check()
+    text = generate(page)
+    sync_api.expect(page.locator("#txt2img_gallery img")).to_have_count(2)
+    assert text.startswith("a kite at sea\nSteps: 4,") and "Seed: 8," in text
+    page.locator("#txt2img_gallery img").nth(1).click()
+    sync_api.expect(page.locator("#html_info_txt2img textarea")).to_have_value(re.compile(r"^a boat at sea\nSteps: 3,.*Seed: 9,"))
+    shot(page, artifacts, "09-prompts-from-file")

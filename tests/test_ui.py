@@ -234,13 +234,16 @@ def test_the_page_has_the_hires_controls_with_a1111_defaults(make_state) -> None
         order.index("txt2img_cfg_scale")
     assert order.index("hr_checkpoint") < order.index("hr_sampler") < order.index("hr_scheduler")  # A1111's row
     [generate] = [d for d in demo.config["dependencies"] if d.get("api_name") == "txt2img"]
-    assert generate["inputs"][-31:-19] == [blocks[i]._id for i in (
+    assert generate["inputs"][-35:-23] == [blocks[i]._id for i in (
         "txt2img_hr-checkbox", "txt2img_denoising_strength", "txt2img_hr_scale", "txt2img_hr_upscaler",
         "txt2img_hires_steps", "txt2img_hr_resize_x", "txt2img_hr_resize_y", "hr_sampler", "hr_scheduler",
         "hires_prompt", "hires_neg_prompt", "hr_checkpoint")]
-    # then the Script dropdown and the X/Y/Z plot's controls, in A1111's script_args order
-    plot = "script_txt2img_xyz_plot_"
-    assert generate["inputs"][-18:] == [blocks[plot + i]._id for i in (
+    # then the Script dropdown, the X/Y/Z plot's controls and Prompts from file's, each in A1111's script_args order
+    plot, listed = "script_txt2img_xyz_plot_", "script_txt2img_prompts_from_file_or_textbox_"
+    assert generate["inputs"][-23] == blocks["txt2img_script_list"]._id
+    assert generate["inputs"][-4:] == [blocks[listed + i]._id for i in (
+        "checkbox_iterate", "checkbox_iterate_batch", "prompt_position", "prompt_txt")]
+    assert generate["inputs"][-22:-4] == [blocks[plot + i]._id for i in (
         "x_type", "x_values", "x_values_dropdown", "y_type", "y_values", "y_values_dropdown", "z_type", "z_values",
         "z_values_dropdown", "draw_legend", "include_lone_images", "include_sub_grids", "no_fixed_seeds",
         "vary_seeds_x", "vary_seeds_y", "vary_seeds_z", "margin_size", "csv_mode")]

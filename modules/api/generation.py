@@ -4,8 +4,9 @@
 A txt2img or img2img request is prepared in this order, as A1111 does: the ``infotext`` field fills what the request
 did not set, styles are applied to the prompts, every name is checked against its library
 (:mod:`modules.api.resolve`), then the job goes into the one queue under its id (``force_task_id`` or ``task(n)``).
-The infotext and ``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent. ``script_name``
-"x/y/z plot" makes the job a grid (:mod:`modules.xyz_grid`), every cell checked before it is queued.
+The infotext and ``all_prompts`` carry the styled prompt; ``info.prompt`` is the prompt as sent. A ``script_name``
+(:mod:`modules.scripts`: X/Y/Z plot, Prompts from file or textbox) makes the job several, every one checked before
+it is queued.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from PIL import Image
 
-from modules import hires, infotext, previews, processing, styles, xyz_axes, xyz_grid
+from modules import hires, infotext, previews, processing, scripts, styles
 from modules.api import models, paste, resolve
 from modules.api.safety import check_name
 from modules.options import OPTIONS
@@ -98,11 +99,11 @@ class Prepared:
     comments: list[str]
     prompt: str  # as sent (after the infotext filled it), before styles
     negative_prompt: str
-    script: xyz_grid.XyzSettings | None = None  # script_name "x/y/z plot": the job is a grid of jobs
+    script: tuple[scripts.Script, object] | None = None  # script_name: the script and its settings
 
 
-def script_settings(name: str | None, args: list[object]) -> xyz_grid.XyzSettings | None:
-    """The script a request names (A1111 matches its title without case), read from its ``script_args``.
+def script_settings(name: str | None, args: list[object]) -> tuple[scripts.Script, object] | None:
+    """The script a request names (A1111 matches its title without case) with its ``script_args`` read.
 
     Raises:
         ParamsError: a script that is not here, or arguments it cannot use.
@@ -110,11 +111,10 @@ def script_settings(name: str | None, args: list[object]) -> xyz_grid.XyzSetting
     if not name:
         return None
     check_name("script_name", name)
-    if name.strip().lower() != xyz_grid.TITLE.lower():
-        raise ParamsError(f"script {name!r} is not available here; the scripts are: {xyz_grid.TITLE.lower()}")
+    script = scripts.find(name)
     try:
-        return xyz_grid.XyzSettings.from_script_args(args)
-    except xyz_axes.AxisError as e:
+        return script, script.settings(args)
+    except ValueError as e:
         raise ParamsError(f"script_args: {e}") from None
 
 
@@ -176,23 +176,23 @@ def run_generation(state: AppState, params: GenerationParams) -> processing.Proc
     return processing.process(state, params)
 
 
-def plan_grid(state: AppState, params: GenerationParams, settings: xyz_grid.XyzSettings) -> xyz_grid.Plan:
-    """Every cell's job made and checked (:func:`xyz_grid.plan`), and the names the axes brought in (networks
-    from Prompt S/R, checkpoints, VAEs) held to the same rules as a request's own."""
-    grid = xyz_grid.plan(state, params, settings)
-    for cell in (cell for plane in grid.cells for row in plane for cell in row):
-        resolve.settings(state, cell.override_settings)
-        resolve.prompt_networks(state, [cell.prompt, cell.hr_prompt])
-    return grid
+def plan_script(state: AppState, params: GenerationParams, script: scripts.Script, settings: object) -> object:
+    """Every job of the script made and checked (its ``plan``), and the names the jobs brought in (networks from
+    Prompt S/R or a list's prompts, checkpoints, VAEs) held to the same rules as a request's own."""
+    plan = script.plan(state, params, settings)
+    for job in scripts.jobs_of(plan):
+        resolve.settings(state, job.override_settings)
+        resolve.prompt_networks(state, [job.prompt, job.hr_prompt])
+    return plan
 
 
-def run_grid(state: AppState, grid: xyz_grid.Plan) -> processing.Processed:
-    """An X/Y/Z plot job on the queue's worker: :func:`run_generation`'s embedding checks over every cell's
-    prompts (a Prompt S/R value may name an embedding), then the grid."""
+def run_script(state: AppState, script: scripts.Script, plan: object) -> processing.Processed:
+    """A script's job on the queue's worker: :func:`run_generation`'s embedding checks over every job's prompts,
+    then the script."""
     resolve.refresh_embeddings(state)
-    cells = [cell for plane in grid.cells for row in plane for cell in row]
-    resolve.prompt_embeddings(state, sorted({p for c in cells for p in (c.prompt, c.negative_prompt)}))
-    return xyz_grid.run(state, grid)
+    jobs = scripts.jobs_of(plan)
+    resolve.prompt_embeddings(state, sorted({p for job in jobs for p in (job.prompt, job.negative_prompt)}))
+    return script.run(state, plan)
 
 
 class PreviewCache:
@@ -234,9 +234,10 @@ def add_routes(router: APIRouter, state: AppState, run_job) -> None:
     async def respond(request: models.Txt2ImgRequest, prepared: Prepared,
                       parameters: dict[str, object]) -> models.ImageResponse:
         """Run the prepared job in the queue and answer as A1111 does."""
-        if prepared.script is not None:  # every cell checked before the grid is queued
-            grid = await run_in_threadpool(plan_grid, state, prepared.params, prepared.script)
-            processed = await run_job(run_grid, state, grid, task_id=request.force_task_id)
+        if prepared.script is not None:  # every job of the script checked before it is queued
+            script, settings = prepared.script
+            plan = await run_in_threadpool(plan_script, state, prepared.params, script, settings)
+            processed = await run_job(run_script, state, script, plan, task_id=request.force_task_id)
         else:
             processed = await run_job(run_generation, state, prepared.params, task_id=request.force_task_id)
         processed.comments.extend(prepared.comments)

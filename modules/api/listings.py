@@ -1,9 +1,9 @@
 """Routes that list, refresh, configure and inspect: options, models, networks, styles, png-info, memory, ...
 
 Upscalers are the hires fix's PIL ones (model-based upscalers need weights not shipped here) and its latent
-modes. The scripts are the X/Y/Z plot. Lists A1111 has but that this server has nothing for (face restorers,
-RealESRGAN models) answer empty lists, so clients that fill their menus from them (webuiapi, bots, Krita/Photoshop
-plugins) keep working instead of failing on a 404.
+modes. The scripts are the X/Y/Z plot and Prompts from file or textbox. Lists A1111 has but that this server has
+nothing for (face restorers, RealESRGAN models) answer empty lists, so clients that fill their menus from them
+(webuiapi, bots, Krita/Photoshop plugins) keep working instead of failing on a 404.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from modules import extensions, hires, samplers, styles, xyz_grid
+from modules import extensions, hires, prompts_from_file, samplers, scripts, styles, xyz_grid
 from modules.api import models, paste, resolve
 from modules.api.safety import NameRefusedError
 from modules.options import OPTIONS
@@ -164,13 +164,16 @@ def _model_routes(router: APIRouter, state: AppState, run_job) -> None:
 
 def _info_routes(router: APIRouter, state: AppState) -> None:
     @router.get("/scripts")
-    def scripts() -> dict[str, list[str]]:
-        return {"txt2img": [xyz_grid.TITLE.lower()], "img2img": [xyz_grid.TITLE.lower()]}
+    def script_names() -> dict[str, list[str]]:
+        titles = [s.title.lower() for s in scripts.SCRIPTS]
+        return {"txt2img": titles, "img2img": titles}
 
     @router.get("/script-info", response_model=list[models.ScriptInfo])
     def script_info() -> list[models.ScriptInfo]:
-        return [models.ScriptInfo(name=xyz_grid.TITLE.lower(), is_alwayson=False, is_img2img=mode == "img2img",
-                                  args=xyz_grid.script_args_info(mode)) for mode in ("txt2img", "img2img")]
+        return [models.ScriptInfo(name=title.lower(), is_alwayson=False, is_img2img=mode == "img2img", args=args(mode))
+                for mode in ("txt2img", "img2img")
+                for title, args in ((xyz_grid.TITLE, xyz_grid.script_args_info),
+                                    (prompts_from_file.TITLE, prompts_from_file.script_args_info))]
 
     @router.get("/extensions", response_model=list[models.ExtensionItem])
     def get_extensions() -> list[models.ExtensionItem]:

@@ -1,10 +1,11 @@
-"""The "Script" dropdown at the bottom of the txt2img and img2img settings, and the X/Y/Z plot's controls (A1111
-1.10's labels, defaults and element ids: ``script_txt2img_xyz_plot_x_type`` and so on; the dropdown, which A1111
-calls ``script_list`` on both tabs, is ``txt2img_script_list`` / ``img2img_script_list``: ids are unique here).
+"""The "Script" dropdown at the bottom of the txt2img and img2img settings, with the controls of the X/Y/Z plot and
+of Prompts from file or textbox (A1111 1.10's labels, defaults and element ids: ``script_txt2img_xyz_plot_x_type``
+and so on; the dropdown, which A1111 calls ``script_list`` on both tabs, is ``txt2img_script_list`` /
+``img2img_script_list``: ids are unique here).
 
 An axis with a list of choices (sampler, checkpoint, VAE, ...) takes its values from a multi-select dropdown, which
 📒 fills with every choice; "Use text inputs instead of dropdowns" writes them as text instead. The handlers only
-move values between controls; :func:`settings_of` turns the controls into :class:`xyz_grid.XyzSettings`.
+move values between controls; :func:`settings_of` turns the controls into the chosen script's settings.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import xyz_axes, xyz_grid
+from modules import prompts_from_file, scripts, xyz_axes, xyz_grid
 from modules.state import AppState
 
 NONE = "None"
@@ -32,6 +33,22 @@ class AxisControls:
 
 
 @dataclass
+class PromptsControls:
+    """Prompts from file or textbox: its two seed checkboxes, where the prompts go, and the list (a file dropped
+    on "Upload prompt inputs" fills it)."""
+
+    box: gr.Column
+    iterate: gr.Checkbox
+    same_seed: gr.Checkbox
+    position: gr.Radio
+    text: gr.Textbox
+    upload: gr.File
+
+    def inputs(self) -> list[gr.components.Component]:
+        return [self.iterate, self.same_seed, self.position, self.text]
+
+
+@dataclass
 class ScriptControls:
     """The Script dropdown and the X/Y/Z plot's controls; :meth:`job_inputs` are :func:`settings_of`'s arguments."""
 
@@ -45,10 +62,12 @@ class ScriptControls:
     vary_seeds: tuple[gr.Checkbox, gr.Checkbox, gr.Checkbox]
     margin_size: gr.Slider
     csv_mode: gr.Checkbox
+    prompts: PromptsControls
 
     def job_inputs(self) -> list[gr.components.Component]:
         return [self.script, *(c for a in self.axes for c in a.inputs()), self.draw_legend, self.include_lone_images,
-                self.include_sub_grids, self.no_fixed_seeds, *self.vary_seeds, self.margin_size, self.csv_mode]
+                self.include_sub_grids, self.no_fixed_seeds, *self.vary_seeds, self.margin_size, self.csv_mode,
+                *self.prompts.inputs()]
 
     def paste_targets(self) -> dict[str, gr.components.Component]:
         """The controls a pasted grid infotext fills (``png_info.PASTE_FIELDS`` names)."""
@@ -63,7 +82,8 @@ def create(state: AppState, tab: str) -> ScriptControls:
     """The dropdown and, shown while "X/Y/Z plot" is chosen, the plot's controls."""
     labels = [a.label for a in xyz_axes.axes_for(tab)]
     with gr.Column(elem_id=f"{tab}_script_container"):
-        script = gr.Dropdown(label="Script", choices=[NONE, xyz_grid.TITLE], value=NONE, elem_id=f"{tab}_script_list")
+        script = gr.Dropdown(label="Script", choices=[NONE, *(s.title for s in scripts.SCRIPTS)], value=NONE,
+                             elem_id=f"{tab}_script_list")
         with gr.Column(visible=False, elem_id=f"script_{tab}_xyz_plot") as box:
             axes = []
             for letter, default in (("x", "Seed"), ("y", "Nothing"), ("z", "Nothing")):
@@ -102,15 +122,44 @@ def create(state: AppState, tab: str) -> ScriptControls:
             with gr.Row():
                 swaps = [gr.Button(f"Swap {a}/{b} axes", size="sm", elem_id=f"{tab}_{a.lower()}{b.lower()}_grid_swap_axes_button")
                          for a, b in (("X", "Y"), ("Y", "Z"), ("X", "Z"))]
+        prompts = _prompts_controls(tab)
     controls = ScriptControls(script, box, tuple(axes), draw_legend, lone, sub_grids, no_fixed_seeds, vary, margin,
-                              csv_mode)  # type: ignore[arg-type]
+                              csv_mode, prompts)  # type: ignore[arg-type]
     _wire(state, tab, controls, swaps)
     return controls
 
 
+def _prompts_controls(tab: str) -> PromptsControls:
+    prefix = f"script_{tab}_prompts_from_file_or_textbox_"
+    with gr.Column(visible=False, elem_id=f"script_{tab}_prompts_from_file") as box:
+        iterate = gr.Checkbox(label="Iterate seed every line", value=False, elem_id=prefix + "checkbox_iterate")
+        same_seed = gr.Checkbox(label="Use same random seed for all lines", value=False,
+                                elem_id=prefix + "checkbox_iterate_batch")
+        position = gr.Radio(label="Insert prompts at the", choices=list(prompts_from_file.POSITIONS), value="start",
+                            elem_id=prefix + "prompt_position")
+        text = gr.Textbox(label="List of prompt inputs", value="", lines=1, elem_id=prefix + "prompt_txt")
+        upload = gr.File(label="Upload prompt inputs", type="binary", height=120, elem_id=prefix + "file")
+    return PromptsControls(box, iterate, same_seed, position, text, upload)
+
+
+def read_upload(data: bytes | None) -> tuple[object, dict]:
+    """A dropped prompt file into the list (UTF-8; A1111 reads it as text too), one line per job shown."""
+    if not data:
+        return gr.skip(), gr.skip()
+    try:
+        text = bytes(data).decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise gr.Error(f"The prompt file is not UTF-8 text ({e}); save it as UTF-8 and drop it again") from e
+    return None, gr.update(value=text, lines=min(max(text.count("\n") + 1, 1), 7))
+
+
 def _wire(state: AppState, tab: str, c: ScriptControls, swaps: list[gr.Button]) -> None:
     quiet = dict(queue=False, show_progress="hidden", api_visibility="private")
-    c.script.change(lambda name: gr.update(visible=name == xyz_grid.TITLE), inputs=c.script, outputs=c.box, **quiet)
+    c.script.change(lambda name: (gr.update(visible=name == xyz_grid.TITLE),
+                                  gr.update(visible=name == prompts_from_file.TITLE)),
+                    inputs=c.script, outputs=[c.box, c.prompts.box], **quiet)
+    c.prompts.upload.upload(read_upload, inputs=c.prompts.upload, outputs=[c.prompts.upload, c.prompts.text],
+                            **quiet)
     x, y, z = c.axes
     for first, second, button in ((x, y, swaps[0]), (y, z, swaps[1]), (x, z, swaps[2])):
         pair = [*first.inputs(), *second.inputs()]
@@ -182,11 +231,17 @@ def _axis(label: str, tab: str) -> xyz_axes.Axis | None:
         return None
 
 
-def settings_of(script: str, *values) -> xyz_grid.XyzSettings | None:
-    """The X/Y/Z plot settings the controls hold (:meth:`ScriptControls.job_inputs` order), None for no script."""
-    if script != xyz_grid.TITLE:
-        return None
-    axes = [xyz_grid.AxisSetting(values[i], values[i + 1] or "", tuple(values[i + 2] or ())) for i in (0, 3, 6)]
-    legend, lone, sub_grids, keep, vary_x, vary_y, vary_z, margin, csv = values[9:]
-    return xyz_grid.XyzSettings(*axes, bool(legend), bool(lone), bool(sub_grids), bool(keep),
-                                (bool(vary_x), bool(vary_y), bool(vary_z)), int(margin or 0), bool(csv))
+def settings_of(script: str, *values) -> tuple[scripts.Script, object] | None:
+    """The script chosen and its settings from the controls (:meth:`ScriptControls.job_inputs` order after the
+    dropdown); None for no script."""
+    if script == xyz_grid.TITLE:
+        axes = [xyz_grid.AxisSetting(values[i], values[i + 1] or "", tuple(values[i + 2] or ())) for i in (0, 3, 6)]
+        legend, lone, sub_grids, keep, vary_x, vary_y, vary_z, margin, csv = values[9:18]
+        return scripts.find(script), xyz_grid.XyzSettings(
+            *axes, bool(legend), bool(lone), bool(sub_grids), bool(keep), (bool(vary_x), bool(vary_y), bool(vary_z)),
+            int(margin or 0), bool(csv))
+    if script == prompts_from_file.TITLE:
+        iterate, same_seed, position, text = values[18:22]
+        return scripts.find(script), prompts_from_file.PromptsSettings(bool(iterate), bool(same_seed),
+                                                                       str(position or "start"), str(text or ""))
+    return None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from modules import hires, processing, samplers, xyz_grid
+from modules import hires, processing, samplers
 from modules.processing_params import GenerationParams
 from modules.state import AppState
 from modules.ui import assets, common, extra_networks_panel, png_info, progress, results, settings, style_editor
@@ -245,15 +245,16 @@ def _generation_tab(state: AppState, checkpoint: gr.Dropdown, tab: str = "txt2im
 
     def run(*values):
         params = make_params(state, *values[:-script_count])
-        script = scripts_ui.settings_of(*values[-script_count:])
-        if script is None:
+        chosen = scripts_ui.settings_of(*values[-script_count:])
+        if chosen is None:
             job_id, future = state.queue.submit(processing.process, state, params)
         else:
-            try:  # every cell checked before the grid is queued
-                grid = xyz_grid.plan(state, params, script)
+            script, settings = chosen
+            try:  # every job of the script checked before it is queued
+                plan = script.plan(state, params, settings)
             except ValueError as e:
                 raise gr.Error(str(e)) from e
-            job_id, future = state.queue.submit(xyz_grid.run, state, grid)
+            job_id, future = state.queue.submit(script.run, state, plan)
         logger.debug("%s job %s queued", tab, job_id)
         for html_text in progress.follow(state, job_id, future):
             yield gr.skip(), gr.skip(), html_text, gr.skip(), gr.skip()
