@@ -531,37 +531,97 @@ def test_inpaint_with_a_painted_mask(page, tmp_path: Path, artifacts: Path) -> N
     page.locator("#tabs button[role=tab]", has_text="img2img").click()
     page.locator("#mode_img2img button[role=tab]", has_text="Inpaint").first.click()
     sync_api.expect(page.locator("#inpaint_controls")).to_be_visible()
-    page.locator("#img2maskimg input[type=file]").set_input_files(str(source))
-    zoom_text = page.locator("#img2maskimg").get_by_text(re.compile(r"^\d+%$"))
+    _inpaint_the_left_edge(page, "img2maskimg", source, artifacts, "07e-inpaint-painted")
+
+
+def _inpaint_the_left_edge(page, editor: str, source: Path, artifacts: Path, name: str) -> None:
+    """Put ``source`` in ``editor``, stroke down its left edge, generate: the stroke is redrawn, the right of the
+    picture comes back to the pixel."""
+    page.locator(f"#{editor} input[type=file]").set_input_files(str(source))
+    _stroke_down_the_left_edge(page, editor)
+    shot(page, artifacts, name)
+    shown = _generate_img2img(page)
+    sync_api.expect(page.locator("#html_info_img2img textarea")).to_have_value(re.compile("Mask blur: 4"))
+    original = np.asarray(Image.open(source).convert("RGB")).astype(np.int16)
+    assert np.array_equal(shown[:, 44:], original[:, 44:])
+    assert np.abs(shown[:, :6] - original[:, :6]).mean() > 5
+
+
+def _settled_zoom(page, editor: str) -> float:
+    """Wait until the editor shows its new picture at a steady zoom (it zooms a new picture in); the zoom."""
+    zoom_text = page.locator(f"#{editor}").get_by_text(re.compile(r"^\d+%$"))
     sync_api.expect(zoom_text).to_be_visible()  # the picture is shown, centred, at this zoom; the brush is selected
-    page.locator("#img2maskimg").scroll_into_view_if_needed()  # the mouse works in the viewport
+    page.locator(f"#{editor}").scroll_into_view_if_needed()  # the mouse works in the viewport
     readings = [zoom_text.inner_text()]
-    while len(readings) < 4 or len(set(readings[-4:])) > 1:  # the editor zooms the new picture in: let it settle
+    while len(readings) < 4 or len(set(readings[-4:])) > 1:
         page.wait_for_timeout(250)
         readings.append(zoom_text.inner_text())
         assert len(readings) < 80, readings
-    scale = float(readings[-1].rstrip("%")) / 100
-    box = page.locator("#img2maskimg canvas").first.bounding_box()
+    page.wait_for_timeout(500)  # and the value has reached the server's copy of the page
+    return float(readings[-1].rstrip("%")) / 100
+
+
+def _stroke_down_the_left_edge(page, editor: str) -> None:
+    """Draw with the editor's selected brush down the left edge of the 64x64 picture it holds."""
+    scale = _settled_zoom(page, editor)
+    box = page.locator(f"#{editor} canvas").first.bounding_box()
     left = box["x"] + box["width"] / 2 - 32 * scale
     top = box["y"] + box["height"] / 2 - 32 * scale
     page.mouse.move(left + 4 * scale, top + 2 * scale)
     page.mouse.down()
-    for y in range(6, 64, 4):  # a stroke down the picture's left edge
+    for y in range(6, 64, 4):
         page.mouse.move(left + 4 * scale, top + y * scale, steps=2)
     page.mouse.up()
-    shot(page, artifacts, "07e-inpaint-painted")
+
+
+def _generate_img2img(page) -> np.ndarray:
+    """Generate on the img2img tab (64x64, 5 steps, seed 3, strength 0.9); the first picture shown."""
     set_numbers(page, {"img2img_steps": 5, "img2img_width": 64, "img2img_height": 64, "img2img_seed": 3,
                        "img2img_denoising_strength": 0.9})
     page.locator("#img2img_prompt textarea").fill("a blue sky")
+    before = page.locator("#img2img_gallery img").first.get_attribute("src") if \
+        page.locator("#img2img_gallery img").count() else None
     page.locator("#img2img_generate").click()
-    page.wait_for_selector("#img2img_gallery img, .toast-body.error", timeout=TIMEOUT_MS)
+    page.wait_for_function(
+        "([before]) => { const img = document.querySelector('#img2img_gallery img');"
+        " return document.querySelector('.toast-body.error') || (img && img.getAttribute('src') !== before); }",
+        arg=[before], timeout=TIMEOUT_MS)
     assert page.locator(".toast-body.error").count() == 0, page.locator(".toast-body.error").first.inner_text()
-    sync_api.expect(page.locator("#html_info_img2img textarea")).to_have_value(re.compile("Mask blur: 4"))
     src = page.locator("#img2img_gallery img").first.get_attribute("src")
-    shown = np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")).astype(np.int16)
-    original = np.asarray(Image.open(source).convert("RGB")).astype(np.int16)
-    assert np.array_equal(shown[:, 44:], original[:, 44:])
-    assert np.abs(shown[:, :6] - original[:, :6]).mean() > 5
+    return np.asarray(Image.open(BytesIO(page.request.get(src).body())).convert("RGB")).astype(np.int16)
+
+
+def test_sketch_and_inpaint_sketch(page, server: Server, tmp_path: Path, artifacts: Path) -> None:
+    """*Sketch*: without a stroke the job is img2img of the picture (equal to the API's); a stroke changes it.
+    *Inpaint sketch*: a stroke down the left edge is redrawn, the right of the picture comes back to the pixel."""
+    import base64
+
+    from test_img2img import picture
+
+    source = tmp_path / "start.png"
+    picture().save(source)
+    page.locator("#tabs button[role=tab]", has_text="img2img").click()
+    page.locator("#mode_img2img button[role=tab]", has_text=re.compile("^Sketch$")).click()
+    sync_api.expect(page.locator("#inpaint_controls")).to_be_hidden()
+    page.locator("#img2img_sketch input[type=file]").set_input_files(str(source))
+    _settled_zoom(page, "img2img_sketch")
+    untouched = _generate_img2img(page)
+    payload = {"prompt": "a blue sky", "steps": 5, "width": 64, "height": 64, "seed": 3, "cfg_scale": 7,
+               "sampler_name": "DPM++ 2M", "denoising_strength": 0.9,
+               "init_images": [base64.b64encode(source.read_bytes()).decode("ascii")]}
+    reply = requests.post(server.api("img2img"), json=payload, timeout=300)
+    assert reply.status_code == 200, reply.text
+    api_image = np.asarray(Image.open(BytesIO(base64.b64decode(reply.json()["images"][0]))).convert("RGB"))
+    assert np.array_equal(untouched, api_image.astype(np.int16))
+    _stroke_down_the_left_edge(page, "img2img_sketch")
+    shot(page, artifacts, "07f-sketch")
+    stroked = _generate_img2img(page)
+    assert np.abs(stroked - untouched).max() > 0
+    assert "Mask blur" not in text_of(page, "html_info_img2img")
+
+    page.locator("#mode_img2img button[role=tab]", has_text="Inpaint sketch").click()
+    sync_api.expect(page.locator("#img2img_mask_alpha")).to_be_visible()
+    _inpaint_the_left_edge(page, "inpaint_sketch", source, artifacts, "07g-inpaint-sketch")
 
 
 def test_send_to_img2img_from_the_txt2img_results_and_from_png_info(page, artifacts: Path, tmp_path: Path) -> None:

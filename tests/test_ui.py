@@ -368,3 +368,43 @@ def test_generate_from_the_page_over_http(tmp_path: Path, tiny_checkpoint: Path)
                            api_name="/txt2img")
     finally:
         stop_server(server)
+
+
+def _editor(background: Image.Image, layer: Image.Image) -> dict:
+    return {"background": background, "layers": [layer], "composite": None}
+
+
+def test_sketch_and_inpaint_sketch_pictures() -> None:
+    """*Sketch*: the drawing over the picture. *Inpaint sketch* (A1111's): the mask is where the drawing is, darkened
+    by the transparency; the picture is the drawing, blurred by the mask blur, over the original through the blurred
+    mask — so far from the strokes it is the original exactly."""
+    import numpy as np
+
+    from modules.ui import img2img as img2img_ui
+
+    rng = np.random.default_rng(0)
+    background = Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    layer = Image.new("RGBA", (64, 48), (0, 0, 0, 0))
+    layer.paste((255, 0, 0, 255), (10, 10, 20, 20))
+    sketched, mask = img2img_ui.picture_and_mask(img2img_ui.SKETCH, None, None, None, None,
+                                                 drawing=_editor(background, layer))
+    expected = np.asarray(background).copy()
+    expected[10:20, 10:20] = (255, 0, 0)
+    assert mask is None and np.array_equal(np.asarray(sketched), expected)
+
+    picture, mask = img2img_ui.picture_and_mask(img2img_ui.INPAINT_SKETCH, None, None, None, None,
+                                                color_sketch=_editor(background, layer), mask_blur=0, mask_alpha=0)
+    assert np.array_equal(np.asarray(picture), expected)
+    binary = np.zeros((48, 64), dtype=np.uint8)
+    binary[10:20, 10:20] = 255
+    assert np.array_equal(np.asarray(mask), binary)
+    picture, mask = img2img_ui.picture_and_mask(img2img_ui.INPAINT_SKETCH, None, None, None, None,
+                                                color_sketch=_editor(background, layer), mask_blur=4, mask_alpha=60)
+    assert np.array_equal(np.asarray(mask), binary * 0.4 // 1)  # brightness × (1 − 60 %), as A1111
+    assert np.array_equal(np.asarray(picture)[:, 40:], np.asarray(background)[:, 40:])  # far from the stroke
+    assert np.abs(np.asarray(picture)[15, 15].astype(int) - np.asarray(background)[15, 15]).max() > 0
+    for mode, said in ((img2img_ui.SKETCH, "Sketch box"), (img2img_ui.INPAINT_SKETCH, "Inpaint sketch box"),
+                       (img2img_ui.INPAINT, "Inpaint box")):
+        with pytest.raises(gr.Error, match=said):
+            img2img_ui.picture_and_mask(mode, None, {"background": None}, None, None, drawing=None,
+                                        color_sketch={"background": None})
