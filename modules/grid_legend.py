@@ -2,8 +2,8 @@
 
 Matches the layout of A1111's annotated grids so plots look the same:
 
-* the font is Pillow's built-in scalable font at ``(cell_width + cell_height) // 25`` px (at least 8), black on
-  white, with ``fontsize // 2`` between lines;
+* the font (:func:`legend_font`: DejaVu Sans if installed, else Pillow's built-in one) is
+  ``(cell_width + cell_height) // 25`` px (at least 8), black on white, with ``fontsize // 2`` between lines;
 * column labels are wrapped to the cell width and centred above their column in a top band as tall as the tallest
   label plus one line spacing above and below it (no band when every column label is empty);
 * row labels are wrapped to a left band ``cell_width * 3 // 4`` wide and centred in it, level with their row (no
@@ -20,6 +20,15 @@ from collections.abc import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 _Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
+
+
+def legend_font(size: int) -> _Font:
+    """DejaVu Sans when the system has it (Pillow finds it in the usual font folders; it draws Latin, Greek,
+    Cyrillic and many symbols), else Pillow's built-in scalable font (Latin only)."""
+    try:
+        return ImageFont.truetype("DejaVuSans.ttf", size)
+    except OSError:
+        return ImageFont.load_default(size=size)
 
 
 def _ink_width(font: _Font, text: str) -> int:
@@ -101,7 +110,7 @@ def annotate(grid: Image.Image, cell_width: int, cell_height: int, col_labels: S
 
     fontsize = max(8, (cell_width + cell_height) // 25)
     spacing = fontsize // 2
-    font = ImageFont.load_default(size=fontsize)
+    font = legend_font(fontsize)
     ascent, descent = font.getmetrics() if hasattr(font, "getmetrics") else (fontsize, 0)
     line_height = ascent + descent
 

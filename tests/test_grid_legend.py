@@ -12,7 +12,7 @@ import random
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFont
+from PIL import Image
 
 from modules import grid_legend, images
 
@@ -110,7 +110,7 @@ def test_no_labels_is_just_cells_with_white_margins() -> None:
 def test_top_band_height_for_one_line_labels() -> None:
     width, height = 200, 150
     fontsize = (width + height) // 25
-    font = ImageFont.load_default(size=fontsize)
+    font = grid_legend.legend_font(fontsize)
     line_height = sum(font.getmetrics())
     grid, _ = make_grid(2, 1, width, height)
     result = grid_legend.annotate(grid, width, height, ["cat", "dog"], [""])
@@ -194,7 +194,7 @@ def test_long_label_wraps_within_its_column(long_label: str) -> None:
     short_top, long_top = band_top(short, 1, height, margin), band_top(long, 1, height, margin)
     assert long_top > short_top
     fontsize = (width + height) // 25
-    line_height = sum(ImageFont.load_default(size=fontsize).getmetrics())
+    line_height = sum(grid_legend.legend_font(fontsize).getmetrics())
     assert long_top >= 2 * line_height + 3 * (fontsize // 2), "long label did not wrap onto several lines"
     left = width * 3 // 4
     band = pixels(long)[:long_top]
@@ -212,7 +212,7 @@ def test_small_cells_use_minimum_font_and_still_draw() -> None:
     result = grid_legend.annotate(grid, width, height, ["a", "b"], ["c", "d"], margin=2)
     left = width * 3 // 4
     top = band_top(result, 2, height, 2)
-    assert top == sum(ImageFont.load_default(size=8).getmetrics()) + 2 * 4
+    assert top == sum(grid_legend.legend_font(8).getmetrics()) + 2 * 4
     check_cells(result, cells, 2, width, height, left, top, 2)
     assert dark(pixels(result)[:top]).any() and dark(pixels(result)[top:, :left]).any()
 
@@ -227,3 +227,16 @@ def test_wrong_grid_size_raises(size: tuple[int, int]) -> None:
 def test_right_grid_size_does_not_raise() -> None:
     grid = Image.new("RGB", (120, 50), WHITE)
     assert grid_legend.annotate(grid, 40, 25, ["a", "b", "c"], ["x", "y"]).width == 30 + 120
+
+
+def test_a_greek_or_cyrillic_label_is_drawn_as_glyphs_not_boxes() -> None:
+    """With DejaVu Sans (installed on the CI machine) Greek and Cyrillic words draw their letters: not the boxes
+    that as many characters no font has draw. Without it the built-in font draws boxes, but still draws."""
+    grid, _ = make_grid(3, 1, 200, 150)
+    labels = ["λόγος", "слово", "\U000f0000" * 5]  # Greek, Cyrillic, five private-use characters no font has
+    result = pixels(grid_legend.annotate(grid, 200, 150, labels, [""]))
+    top = result.shape[0] - 150
+    drawn = [result[:top, i * 200:(i + 1) * 200] for i in range(3)]
+    assert all(non_white(d).any() for d in drawn)
+    if "dejavu" in str(getattr(grid_legend.legend_font(20), "path", "")).lower():
+        assert not np.array_equal(drawn[0], drawn[2]) and not np.array_equal(drawn[1], drawn[2])
