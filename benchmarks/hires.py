@@ -132,11 +132,13 @@ def time_sides(sides: dict[str, Callable[[], list[Image.Image]]], result: Result
     return result
 
 
-def table(results: Sequence[Result], steps: int = 0) -> str:
-    lines = ["| Job | ours median (s) | vanilla median (s) | ours/vanilla [IQR] (overhead) | Max Δpixel |",
+def table(results: Sequence[Result], steps: int = 0, label: Callable[[Result], str] = lambda r: r.label,
+          first_column: str = "Job") -> str:
+    """The side-by-side table (this benchmark's, and img2img's and xyz.py's with their own ``label``)."""
+    lines = [f"| {first_column} | ours median (s) | vanilla median (s) | ours/vanilla [IQR] (overhead) | Max Δpixel |",
              "|---|---:|---:|---:|---:|"]
     for r in results:
-        lines.append(f"| {r.label} | {_quartiles(r.ours)[1]:.3f} | {_quartiles(r.vanilla)[1]:.3f} | "
+        lines.append(f"| {label(r)} | {_quartiles(r.ours)[1]:.3f} | {_quartiles(r.vanilla)[1]:.3f} | "
                      f"{_ratio_cell([a / b for a, b in zip(r.ours, r.vanilla, strict=True)])} | {r.max_diff} |")
     return "\n".join(lines)
 

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` and ``modules`` importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks import hires  # noqa: E402
 from benchmarks.hires import Result, compare_main, time_sides  # noqa: E402
-from benchmarks.txt2img import PROMPT, _quartiles, _ratio_cell  # noqa: E402
+from benchmarks.txt2img import PROMPT  # noqa: E402
 
 CFG_SCALE = 7.0
 STRENGTH = 0.75
@@ -104,13 +105,7 @@ def table(results: Sequence[Result], steps: int) -> str:
     from modules import img2img
 
     steps_run = img2img.step_plan(steps, STRENGTH, fix_steps=False).run
-    lines = ["| Job | ours median (s) | vanilla median (s) | ours/vanilla [IQR] (overhead) | Max Δpixel |",
-             "|---|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {r.size}², Euler {steps_run} of {r.steps} st, strength {STRENGTH} | "
-                     f"{_quartiles(r.ours)[1]:.3f} | {_quartiles(r.vanilla)[1]:.3f} | "
-                     f"{_ratio_cell([a / b for a, b in zip(r.ours, r.vanilla, strict=True)])} | {r.max_diff} |")
-    return "\n".join(lines)
+    return hires.table(results, steps, lambda r: f"{r.size}², Euler {steps_run} of {r.steps} st, strength {STRENGTH}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

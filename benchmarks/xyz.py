@@ -32,8 +32,9 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script: make ``benchmarks`` and ``modules`` importable
     sys.path.insert(0, str(REPO))
 
+from benchmarks import hires  # noqa: E402
 from benchmarks.hires import Result, compare_main, time_sides  # noqa: E402
-from benchmarks.txt2img import PROMPT, _quartiles, _ratio_cell  # noqa: E402
+from benchmarks.txt2img import PROMPT  # noqa: E402
 
 WEIGHTS = (0.25, 0.5, 0.75, 1.0)
 CFG_SCALES = (5.0, 8.0)
@@ -111,13 +112,8 @@ def measure(state: AppState, size: int, steps: int, device: str, repeats: int, w
 
 def table(results: Sequence[Result], steps: int) -> str:
     """Each side's time is the whole grid: 8 jobs and the picture made of them."""
-    lines = ["| Grid | ours median (s) | vanilla median (s) | ours/vanilla [IQR] (overhead) | Max Δpixel |",
-             "|---|---:|---:|---:|---:|"]
-    for r in results:
-        lines.append(f"| {len(WEIGHTS)} LoRA weights × {len(CFG_SCALES)} CFG, {r.size}², Euler {r.steps} st | "
-                     f"{_quartiles(r.ours)[1]:.3f} | {_quartiles(r.vanilla)[1]:.3f} | "
-                     f"{_ratio_cell([a / b for a, b in zip(r.ours, r.vanilla, strict=True)])} | {r.max_diff} |")
-    return "\n".join(lines)
+    return hires.table(results, steps, lambda r: f"{len(WEIGHTS)} LoRA weights × {len(CFG_SCALES)} CFG, {r.size}², "
+                                                 f"Euler {r.steps} st", "Grid")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -203,7 +203,7 @@ def process(state: AppState, params: GenerationParams) -> Processed:
     all_hr_prompts = [params.hr_prompt or params.prompt] * params.image_count
     all_hr_negative = [params.hr_negative_prompt or params.negative_prompt] * params.image_count
 
-    state.job.begin(params.mode, params.n_iter * (2 if hr else 1))  # A1111 counts the hires pass as a job
+    state.job.begin(params.mode, params.job_count)
     samples: list[Image.Image] = []
     texts: list[str] = []
     saved: list[Path] = []

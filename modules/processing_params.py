@@ -181,6 +181,11 @@ class GenerationParams:
         return self.batch_size * self.n_iter
 
     @property
+    def job_count(self) -> int:
+        """The batches the job's progress counts: A1111 counts a Hires. fix pass as one more."""
+        return self.n_iter * (2 if self.enable_hr else 1)
+
+    @property
     def mode(self) -> str:
         """``"img2img"`` when the job starts from pictures, else ``"txt2img"`` (job names, output folders)."""
         return "img2img" if self.init_images else "txt2img"

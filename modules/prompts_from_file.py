@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import random
 import shlex
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from modules import processing, styles
+from modules import processing, rng, styles
 from modules.processing_params import GenerationParams, ParamsError
 from modules.state import AppState
 
@@ -135,7 +134,7 @@ def plan(state: AppState, params: GenerationParams, settings: PromptsSettings) -
     if not lines:
         raise PromptsError("the list of prompt inputs is empty: write one prompt (or --prompt ... line) per line")
     if (settings.iterate_seed or settings.same_random_seed) and params.seed == -1:
-        params = dataclasses.replace(params, seed=random.randrange(4294967294))
+        params = dataclasses.replace(params, seed=rng.fix_seed(-1))
     jobs, ignored = [], []
     base = params
     for number, line in lines:
@@ -189,16 +188,12 @@ def _job(state: AppState, base: GenerationParams, values: dict[str, object], pos
 def run(state: AppState, jobs: Plan) -> processing.Processed:
     """Run the jobs in order (on the queue's worker) as one: an interrupt stops the list; returns every image."""
     results: list[processing.Processed] = []
-    count = sum(j.n_iter * (2 if j.enable_hr else 1) for j in jobs.jobs)
     logger.info("Will process %d lines in %d jobs.", len(jobs.jobs), sum(j.n_iter for j in jobs.jobs))
-    state.job.begin_outer(jobs.jobs[0].mode, count)
-    try:
+    with state.job.outer_run(jobs.jobs[0].mode, sum(j.job_count for j in jobs.jobs)):
         for job in jobs.jobs:
             if state.job.interrupted:
                 break
             results.append(processing.process(state, job))
-    finally:
-        state.job.end_outer()
     results = [r for r in results if r.images]  # none when the interrupt came just as a job began
     if not results:
         raise RuntimeError(f"{TITLE}: interrupted before the first line")

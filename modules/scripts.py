@@ -18,12 +18,14 @@ class Script:
     settings: Callable[[Sequence[object]], object]  # A1111's script_args → the script's settings
     plan: Callable[[AppState, GenerationParams, object], object]  # every job made and checked (raises ValueError)
     run: Callable[[AppState, object], processing.Processed]  # the plan, on the queue's worker
+    args_info: Callable[[str], list[dict[str, object]]]  # /script-info's args for a tab, in script_args order
 
 
 SCRIPTS: tuple[Script, ...] = (
-    Script(xyz_grid.TITLE, xyz_grid.XyzSettings.from_script_args, xyz_grid.plan, xyz_grid.run),  # type: ignore[arg-type]
+    Script(xyz_grid.TITLE, xyz_grid.XyzSettings.from_script_args, xyz_grid.plan, xyz_grid.run,  # type: ignore[arg-type]
+           xyz_grid.script_args_info),
     Script(prompts_from_file.TITLE, prompts_from_file.PromptsSettings.from_script_args, prompts_from_file.plan,
-           prompts_from_file.run),  # type: ignore[arg-type]
+           prompts_from_file.run, prompts_from_file.script_args_info),  # type: ignore[arg-type]
 )
 
 

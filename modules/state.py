@@ -7,8 +7,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from modules.call_queue import CallQueue
@@ -42,7 +44,7 @@ class JobState:
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def begin(self, job: str, job_count: int) -> None:
-        """Start a job of ``job_count`` batches; inside a script's run (:meth:`begin_outer`), go on counting."""
+        """Start a job of ``job_count`` batches; inside a script's run (:meth:`outer_run`), go on counting."""
         with self._lock:
             if self.outer:
                 self.sampling_step = self.sampling_steps = 0
@@ -85,17 +87,19 @@ class JobState:
         with self._lock:
             return self.current_latent, self.id_live_preview
 
-    def begin_outer(self, job: str, job_count: int) -> None:
-        """Start a run of several jobs that counts as one (A1111's script ``job_count``): an interrupt stops them
-        all, and progress goes over ``job_count`` batches in all. :meth:`end_outer` ends it."""
+    @contextlib.contextmanager
+    def outer_run(self, job: str, job_count: int) -> Iterator[None]:
+        """A run of several jobs that counts as one (A1111's script ``job_count``): an interrupt stops them all,
+        and progress goes over ``job_count`` batches in all; it ends with the block, even on error."""
         self.begin(job, job_count)
         with self._lock:
             self.outer = True
-
-    def end_outer(self) -> None:
-        with self._lock:
-            self.outer = False
-        self.end()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.outer = False
+            self.end()
 
     def end(self) -> None:
         with self._lock:

@@ -13,16 +13,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import random
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image
 
-from modules import grid_legend, images, infotext, processing, xyz_axes
+from modules import grid_legend, images, infotext, processing, rng, xyz_axes
 from modules.processing_params import GenerationParams
-from modules.rng import MAX_SEED
 from modules.state import AppState
 from modules.xyz_axes import Axis, AxisError
 
@@ -167,7 +165,7 @@ def plan(state: AppState, params: GenerationParams, settings: XyzSettings) -> Pl
     """
     mode = params.mode
     if not settings.no_fixed_seeds:
-        params = dataclasses.replace(params, seed=_fixed(params.seed), subseed=_fixed(params.subseed))
+        params = dataclasses.replace(params, seed=rng.fix_seed(params.seed), subseed=rng.fix_seed(params.subseed))
     if not state.opts["return_grid"]:
         params = dataclasses.replace(params, batch_size=1)  # A1111: a cell shows one picture then
     resolved = tuple(_resolve(setting, mode, settings) for setting in (settings.x, settings.y, settings.z))
@@ -181,16 +179,12 @@ def plan(state: AppState, params: GenerationParams, settings: XyzSettings) -> Pl
     return Plan(params, settings, resolved, cells)  # type: ignore[arg-type]
 
 
-def _fixed(seed: int) -> int:
-    return random.randrange(MAX_SEED) if seed in (-1, None) else seed
-
-
 def _resolve(setting: AxisSetting, mode: str, settings: XyzSettings) -> ResolvedAxis:
     axis = xyz_axes.find_axis(setting.type, mode)
     listed = setting.dropdown if axis.choices is not None and not settings.csv_mode else ()
     values = xyz_axes.parse_values(axis, setting.values, listed)
     if axis.label in SEED_AXES and not settings.no_fixed_seeds:
-        values = [random.randrange(4294967294) if v == -1 else v for v in values]
+        values = [rng.fix_seed(v) for v in values]
     text = xyz_axes.to_csv(listed) if listed else setting.values
     return ResolvedAxis(axis, values, text)
 
@@ -223,14 +217,12 @@ def run(state: AppState, grid: Plan) -> processing.Processed:
     """
     nx, ny, nz = grid.shape
     base = grid.base
-    per_cell = base.n_iter * (2 if base.enable_hr else 1)
     logger.info("X/Y/Z plot will create %d images on %d %dx%d grid%s", nx * ny * nz * base.image_count, nz, nx, ny,
                 "s" if nz > 1 else "")
     results: dict[tuple[int, int, int], processing.Processed] = {}
     comments: list[str] = []
     first_error: Exception | None = None
-    state.job.begin_outer(base.mode, nx * ny * nz * per_cell)
-    try:
+    with state.job.outer_run(base.mode, sum(job.job_count for job in grid.all_jobs())):
         for ix, iy, iz in grid.order():
             if state.job.interrupted:
                 break
@@ -243,8 +235,6 @@ def run(state: AppState, grid: Plan) -> processing.Processed:
                 first_error = first_error or e
                 comments.append(f"X/Y/Z plot: cell {_cell_name(grid, ix, iy, iz)} failed: {e}")
         _restore_checkpoint(state)
-    finally:
-        state.job.end_outer()
     if not results:
         if first_error is not None:
             raise first_error

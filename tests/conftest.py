@@ -110,3 +110,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_and_interrupt_after_first_batch(state, run, plan) -> object:
+    """Submit a script's ``run(state, plan)`` to the queue, interrupt it once its first batch is done (as the page's
+    Interrupt would), and return its result."""
+    import threading
+    import time
+
+    _, future = state.queue.submit(run, state, plan)
+
+    def interrupt() -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and state.job.job_no < 1:
+            time.sleep(0.005)
+        state.job.interrupt()
+
+    threading.Thread(target=interrupt).start()
+    return future.result(timeout=120)

@@ -4,13 +4,12 @@ job run on its own. The API (``script_name`` from the PyPI client) is in ``test_
 
 from __future__ import annotations
 
-import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_and_interrupt_after_first_batch
 from modules import infotext, prompts_from_file
 from modules.processing import process
 from modules.processing_params import GenerationParams
@@ -113,15 +112,6 @@ def test_every_line_is_the_job_run_on_its_own(state) -> None:
 def test_an_interrupt_stops_the_list(state) -> None:
     plan = prompts_from_file.plan(state, GenerationParams(**{**BASE, "steps": 40}),
                                   PromptsSettings(text="a\nb\nc\nd"))
-    _, future = state.queue.submit(prompts_from_file.run, state, plan)
-
-    def interrupt_after_the_first() -> None:
-        deadline = time.time() + 60
-        while time.time() < deadline and state.job.job_no < 1:
-            time.sleep(0.005)
-        state.job.interrupt()
-
-    threading.Thread(target=interrupt_after_the_first).start()
-    result = future.result(timeout=120)
+    result = run_and_interrupt_after_first_batch(state, prompts_from_file.run, plan)
     assert 1 <= len(result.images) < 4
     assert state.job.job_count == 0 and not state.job.outer

@@ -8,13 +8,12 @@ The API (``script_name``/``script_args`` from the PyPI client) is in ``test_api_
 from __future__ import annotations
 
 import dataclasses
-import threading
-import time
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import run_and_interrupt_after_first_batch
 from modules import infotext, xyz_axes, xyz_grid
 from modules.processing import process
 from modules.processing_params import GenerationParams
@@ -291,16 +290,7 @@ def test_bad_grids_are_refused_before_anything_runs(state, settings: XyzSettings
 def test_an_interrupt_stops_the_grid_and_keeps_what_was_done(state) -> None:
     settings = XyzSettings(AxisSetting("Seed", "1-4"), include_lone_images=True, draw_legend=False)
     plan = xyz_grid.plan(state, GenerationParams(**{**BASE, "steps": 40}), settings)
-    job_id, future = state.queue.submit(xyz_grid.run, state, plan)
-
-    def interrupt_after_first_cell() -> None:
-        deadline = time.time() + 60
-        while time.time() < deadline and state.job.job_no < 1:
-            time.sleep(0.005)
-        state.job.interrupt()
-
-    threading.Thread(target=interrupt_after_first_cell).start()
-    result = future.result(timeout=120)
+    result = run_and_interrupt_after_first_batch(state, xyz_grid.run, plan)
     cells = [pixels(c) for c in result.images[1:]]
     assert len(cells) == 4 and cells[0].max() > 0
     assert cells[-1].max() == 0  # not run: a black cell

@@ -170,10 +170,15 @@ def prepare_img2img(state: AppState, request: models.Img2ImgRequest) -> Prepared
 
 def run_generation(state: AppState, params: GenerationParams) -> processing.Processed:
     """The job itself, on the queue's worker: embeddings named in the prompts are checked once they are listed."""
-    resolve.refresh_embeddings(state)
-    resolve.prompt_embeddings(state, [params.prompt, params.negative_prompt] + (
-        [params.hr_prompt, params.hr_negative_prompt] if params.enable_hr else []))
+    _check_embeddings(state, [params])
     return processing.process(state, params)
+
+
+def _check_embeddings(state: AppState, jobs: list[GenerationParams]) -> None:
+    """Refresh the embeddings, then hold those the jobs' prompts (and hires prompts) name to the library's rules."""
+    resolve.refresh_embeddings(state)
+    resolve.prompt_embeddings(state, [text for job in jobs for text in (
+        job.prompt, job.negative_prompt, *((job.hr_prompt, job.hr_negative_prompt) if job.enable_hr else ()))])
 
 
 def plan_script(state: AppState, params: GenerationParams, script: scripts.Script, settings: object) -> object:
@@ -189,9 +194,7 @@ def plan_script(state: AppState, params: GenerationParams, script: scripts.Scrip
 def run_script(state: AppState, script: scripts.Script, plan: object) -> processing.Processed:
     """A script's job on the queue's worker: :func:`run_generation`'s embedding checks over every job's prompts,
     then the script."""
-    resolve.refresh_embeddings(state)
-    jobs = scripts.jobs_of(plan)
-    resolve.prompt_embeddings(state, sorted({p for job in jobs for p in (job.prompt, job.negative_prompt)}))
+    _check_embeddings(state, scripts.jobs_of(plan))
     return script.run(state, plan)
 
 

@@ -15,7 +15,7 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from modules import extensions, hires, prompts_from_file, samplers, scripts, styles, xyz_grid
+from modules import extensions, hires, samplers, scripts, styles
 from modules.api import models, paste, resolve
 from modules.api.safety import NameRefusedError
 from modules.options import OPTIONS
@@ -170,10 +170,8 @@ def _info_routes(router: APIRouter, state: AppState) -> None:
 
     @router.get("/script-info", response_model=list[models.ScriptInfo])
     def script_info() -> list[models.ScriptInfo]:
-        return [models.ScriptInfo(name=title.lower(), is_alwayson=False, is_img2img=mode == "img2img", args=args(mode))
-                for mode in ("txt2img", "img2img")
-                for title, args in ((xyz_grid.TITLE, xyz_grid.script_args_info),
-                                    (prompts_from_file.TITLE, prompts_from_file.script_args_info))]
+        return [models.ScriptInfo(name=s.title.lower(), is_alwayson=False, is_img2img=mode == "img2img",
+                                  args=s.args_info(mode)) for mode in ("txt2img", "img2img") for s in scripts.SCRIPTS]
 
     @router.get("/extensions", response_model=list[models.ExtensionItem])
     def get_extensions() -> list[models.ExtensionItem]:
